@@ -1,0 +1,237 @@
+"""Reader for the Kubric-4D on-disk layout (gcd_spec.md §4.2).
+
+`<root>/scnXXXXX/`:
+  scnXXXXX_p0_v{V}.json                    Kubric metadata per view (camera K, positions, quaternions, ...)
+  frames_p0_v{V}/rgba_{t:05d}.png          uint8 RGBA
+  frames_p0_v{V}/depth_{t:05d}.tiff        float32 distance along the ray (not planar depth)
+  frames_p0_v{V}/segmentation_{t:05d}.png  palette PNG of instance ids (0 = background / dome)
+
+Cameras are returned in GCD's convention (§4.9): camera-to-world 4x4 with rotation columns
+(right, down, forward), i.e. Blender's (x right, y up, -z forward) with columns 1 and 2 negated (§4.4);
+intrinsics in pixels with pixel centres at integer coordinates (`cx = 0.5·W`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+
+import numpy as np
+from PIL import Image
+
+NUM_VIEWS = 16
+NUM_FRAMES = 60
+FPS = 24
+RESOLUTION = (576, 384)  # (W, H), §4.1
+
+_SCENE_RE = re.compile(r'^scn(\d{5})$')
+
+
+def scene_name(scene_idx: int) -> str:
+  return f'scn{int(scene_idx):05d}'
+
+
+def list_scenes(root: str) -> list[str]:
+  """Sorted scene folder names `scnXXXXX` under `root`."""
+  if not os.path.isdir(root):
+    raise FileNotFoundError(
+        f'Kubric-4D root {root!r} does not exist; pass the folder that holds the scnXXXXX/ scene folders '
+        '(see gcd_spec.md §4.2, or build the procedural dataset with `gcd-jax data build procedural_4d`).')
+  return sorted(d for d in os.listdir(root) if _SCENE_RE.match(d) and os.path.isdir(os.path.join(root, d)))
+
+
+def quaternion_to_matrix(q) -> np.ndarray:
+  """Unit quaternion (w, x, y, z) → 3x3 rotation matrix (float64). q: [..., 4] → [..., 3, 3]."""
+  q = np.asarray(q, np.float64)
+  q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+  w, x, y, z = np.moveaxis(q, -1, 0)
+  return np.stack([
+      np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
+      np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
+      np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
+  ], -2)
+
+
+def blender_to_opencv_extrinsics(positions, quaternions) -> np.ndarray:
+  """Kubric camera poses → GCD camera-to-world [T, 4, 4] float64 (§4.4: columns 1 and 2 negated)."""
+  rot = quaternion_to_matrix(quaternions)
+  rot = rot * np.array([1.0, -1.0, -1.0])  # (right, up, back) → (right, down, forward)
+  positions = np.asarray(positions, np.float64)
+  out = np.zeros(rot.shape[:-2] + (4, 4))
+  out[..., :3, :3] = rot
+  out[..., :3, 3] = positions
+  out[..., 3, 3] = 1.0
+  return out
+
+
+def kubric_pixel_intrinsics(k_normalized, width: int, height: int) -> np.ndarray:
+  """Kubric normalized K (sign convention [[fx,0,-.5],[0,-fy,-.5],[0,0,-1]]) → pixel K [3,3] (§4.4: |K|·(W,H))."""
+  k = np.abs(np.asarray(k_normalized, np.float64))
+  if k.shape != (3, 3):
+    raise ValueError(f'camera.K must be 3x3, got shape {k.shape}')
+  k = k.copy()
+  k[0] *= width
+  k[1] *= height
+  k[2] = (0.0, 0.0, 1.0)
+  return k
+
+
+def read_depth_tiff(path: str) -> np.ndarray:
+  """float32 TIFF → [H, W] float32 (Kubric writes [H, W, 1])."""
+  import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
+  depth = np.asarray(iio.imread(path), np.float32)
+  if depth.ndim == 3:
+    depth = depth[..., 0]
+  return depth
+
+
+class KubricScene:
+  """One Kubric-4D scene folder. Views 0..V-1, frames 0..T-1.
+
+  Methods return numpy arrays; nothing is cached except the small per-view JSON metadata.
+  """
+
+  def __init__(self, root: str, scene: int | str):
+    self.name = scene_name(scene) if isinstance(scene, (int, np.integer)) else str(scene)
+    m = _SCENE_RE.match(self.name)
+    if not m:
+      raise ValueError(f'Kubric scene names look like scn00042; got {self.name!r}')
+    self.scene_idx = int(m.group(1))
+    self.root = root
+    self.path = os.path.join(root, self.name)
+    if not os.path.isdir(self.path):
+      raise FileNotFoundError(
+          f'Kubric-4D scene folder {self.path!r} is missing; check --data-dir / manual_dir points at the '
+          'folder that contains scnXXXXX/ (gcd_spec.md §4.2).')
+    self.num_views = self._count_views()
+    meta0 = self.metadata(0)
+    self.num_frames = int(meta0['num_frames'])
+    self.width, self.height = (int(v) for v in meta0['resolution'])
+
+  def _count_views(self) -> int:
+    views = []
+    for f in os.listdir(self.path):
+      m = re.match(rf'^{self.name}_p0_v(\d+)\.json$', f)
+      if m:
+        views.append(int(m.group(1)))
+    if not views:
+      raise FileNotFoundError(
+          f'no calibration/metadata files {self.name}_p0_v*.json in {self.path!r}; the scene export is '
+          'incomplete — re-export it (export_kub_mv.py) or regenerate the procedural scene.')
+    views = sorted(views)
+    if views != list(range(len(views))):
+      missing = sorted(set(range(views[-1] + 1)) - set(views))
+      raise FileNotFoundError(
+          f'Kubric scene {self.name}: metadata JSON for view(s) {missing} missing '
+          f'({self.name}_p0_v{missing[0]}.json); every view 0..{views[-1]} is needed to merge the point cloud '
+          '— re-export the scene or remove it from the split.')
+    return len(views)
+
+  def _check_view(self, view: int):
+    if not 0 <= view < self.num_views:
+      raise IndexError(f'view {view} out of range for {self.name} ({self.num_views} views)')
+
+  @functools.lru_cache(maxsize=64)
+  def metadata(self, view: int) -> dict:
+    """Parsed `scnXXXXX_p0_v{view}.json` with 'num_frames', 'resolution', 'K', 'positions', 'quaternions'."""
+    path = os.path.join(self.path, f'{self.name}_p0_v{view}.json')
+    if not os.path.exists(path):
+      raise FileNotFoundError(
+          f'Kubric scene {self.name}: view {view} metadata {path!r} is missing (needed for its camera '
+          'intrinsics/extrinsics); re-export the scene.')
+    with open(path) as f:
+      raw = json.load(f)
+    # Kubric's own exports put frame count/resolution under 'metadata'; GCD's exporter under 'scene'.
+    scene = raw.get('scene') or raw.get('metadata')
+    if scene is None or 'camera' not in raw:
+      raise ValueError(f'{path}: expected keys "scene" (or "metadata") and "camera" (Kubric metadata JSON)')
+    cam = raw['camera']
+    for key in ('K', 'positions', 'quaternions'):
+      if key not in cam:
+        raise ValueError(f'{path}: camera.{key} missing (Kubric metadata JSON, gcd_spec.md §4.2)')
+    return {
+        'num_frames': int(scene['num_frames']),
+        'resolution': tuple(int(v) for v in scene['resolution']),
+        'K': np.asarray(cam['K'], np.float64),
+        'positions': np.asarray(cam['positions'], np.float64),
+        'quaternions': np.asarray(cam['quaternions'], np.float64),
+    }
+
+  def intrinsics(self, view: int) -> np.ndarray:
+    """Pixel intrinsics [3, 3] float64."""
+    self._check_view(view)
+    return kubric_pixel_intrinsics(self.metadata(view)['K'], self.width, self.height)
+
+  def extrinsics(self, view: int) -> np.ndarray:
+    """Camera-to-world (right, down, forward) [T, 4, 4] float64 for all frames."""
+    self._check_view(view)
+    m = self.metadata(view)
+    if len(m['positions']) < self.num_frames or len(m['quaternions']) < self.num_frames:
+      raise ValueError(f'{self.name} view {view}: camera track has {len(m["positions"])} positions, '
+                       f'{self.num_frames} frames expected')
+    return blender_to_opencv_extrinsics(m['positions'][:self.num_frames], m['quaternions'][:self.num_frames])
+
+  def _frame_file(self, view: int, frame: int, kind: str, ext: str) -> str:
+    self._check_view(view)
+    if not 0 <= frame < self.num_frames:
+      raise IndexError(f'frame {frame} out of range for {self.name} ({self.num_frames} frames)')
+    path = os.path.join(self.path, f'frames_p0_v{view}', f'{kind}_{frame:05d}.{ext}')
+    if not os.path.exists(path):
+      raise FileNotFoundError(
+          f'Kubric scene {self.name}: view {view} frame {frame} {kind} file {path!r} is missing; '
+          're-export the scene (or exclude it from the split) — every view/frame is used for the merged point cloud.')
+    return path
+
+  def rgb(self, view: int, frame: int) -> np.ndarray:
+    """[H, W, 3] uint8 (alpha dropped)."""
+    with Image.open(self._frame_file(view, frame, 'rgba', 'png')) as im:
+      return np.asarray(im.convert('RGB'), np.uint8)
+
+  def depth(self, view: int, frame: int) -> np.ndarray:
+    """[H, W] float32 distance along the ray (metres)."""
+    return read_depth_tiff(self._frame_file(view, frame, 'depth', 'tiff'))
+
+  def segmentation(self, view: int, frame: int) -> tuple[np.ndarray, np.ndarray]:
+    """(instance ids [H, W] uint8, palette colours [H, W, 3] uint8) of the palette PNG."""
+    with Image.open(self._frame_file(view, frame, 'segmentation', 'png')) as im:
+      if im.mode == 'P':
+        ids = np.asarray(im, np.uint8)
+        colors = np.asarray(im.convert('RGB'), np.uint8)
+      else:  # a grey-level id image (some exporters): colour = grey replicated.
+        ids = np.asarray(im.convert('L'), np.uint8)
+        colors = np.repeat(ids[..., None], 3, -1)
+    return ids, colors
+
+  def cameras(self) -> tuple[np.ndarray, np.ndarray]:
+    """(intrinsics [V, 3, 3], extrinsics [V, T, 4, 4]) float64."""
+    return (np.stack([self.intrinsics(v) for v in range(self.num_views)]),
+            np.stack([self.extrinsics(v) for v in range(self.num_views)]))
+
+
+def matrix_to_quaternion(rot) -> np.ndarray:
+  """3x3 rotation → unit quaternion (w, x, y, z), w ≥ 0 (for writing Kubric-layout metadata)."""
+  m = np.asarray(rot, np.float64)
+  tr = np.trace(m)
+  if tr > 0:
+    s = np.sqrt(tr + 1.0) * 2
+    q = [0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
+  elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
+    s = np.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2]) * 2
+    q = [(m[2, 1] - m[1, 2]) / s, 0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s]
+  elif m[1, 1] > m[2, 2]:
+    s = np.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2]) * 2
+    q = [(m[0, 2] - m[2, 0]) / s, (m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s]
+  else:
+    s = np.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1]) * 2
+    q = [(m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s]
+  q = np.asarray(q)
+  q = q / np.linalg.norm(q)
+  return -q if q[0] < 0 else q
+
+
+def opencv_to_blender_pose(cam_to_world) -> tuple[np.ndarray, np.ndarray]:
+  """GCD camera-to-world [4, 4] → Kubric (position [3], quaternion (w, x, y, z)) — inverse of §4.4's flip."""
+  c2w = np.asarray(cam_to_world, np.float64)
+  return c2w[:3, 3].copy(), matrix_to_quaternion(c2w[:3, :3] * np.array([1.0, -1.0, -1.0]))

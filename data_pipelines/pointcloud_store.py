@@ -1,0 +1,166 @@
+"""Merged per-frame point clouds (gcd_spec.md §4.4), built from a scene reader, stored as .npz per frame.
+
+Layout written here (one folder per scene, one file per frame, like the reference's `pcl/` tree):
+  <out>/<scene>/pcl_rgb_segm_{t:05d}.npz   xyz [V, N, 3] float16, rgb [V, N, 3] uint8,
+                                           segm [V, N, 3] uint8 (Kubric: palette colours of the instance PNG)
+                                                or [V, N, 1] uint8 (PD: class id), PD also tag [V, N, 1] uint8
+  <out>/<scene>/cameras.npz                intrinsics [V, 3, 3], extrinsics [V, T, 4, 4] (float64), width,
+                                           height, num_frames, frames (stored frame indices)
+N = H·W: every pixel of every view is unprojected (no filtering), as the reference does.
+Reference-format `pcl_rgb_segm_*.pt` files (torch lists) are read too when torch is importable.
+
+File names use the frame index t (`{t:05d}`) for both datasets; the reference's PD files are named
+`{t*10+5:06d}` — `frame_path` accepts `reference_pd_names=True` to read those.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+# float16 max is 65504; the reference clamps PD depth to 30000 m before unprojection (§4.4).
+MAX_DEPTH = 30000.0
+
+
+def ray_to_planar_depth(depth: np.ndarray, fx: float, fy: float) -> np.ndarray:
+  """Kubric ray distance → planar camera z, as `correct_depth_ball_plane_torch` (§4.4, §6.10).
+
+  The per-pixel angles are linearly spaced over the FOV (not exact per-pixel atan), reproducing the
+  reference's approximation. depth: [H, W] → [H, W] float32.
+  """
+  h, w = depth.shape[-2:]
+  fov_x = 2.0 * np.arctan(w / (2.0 * fx))
+  fov_y = 2.0 * np.arctan(h / (2.0 * fy))
+  tx = np.tan(np.linspace(-fov_x / 2, fov_x / 2, w))
+  ty = np.tan(np.linspace(-fov_y / 2, fov_y / 2, h))
+  scale = np.sqrt(tx[None, :] ** 2 + ty[:, None] ** 2 + 1.0)
+  return (depth / scale).astype(np.float32)
+
+
+def unproject_to_world(depth: np.ndarray, intrinsics: np.ndarray, cam_to_world: np.ndarray) -> np.ndarray:
+  """Planar depth [H, W] → world points [H·W, 3] float64 (pixel centres at integer coords, §4.4/§4.9)."""
+  h, w = depth.shape
+  v, u = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing='ij')
+  z = depth.astype(np.float64)
+  k = intrinsics
+  xc = np.stack([(u - k[0, 2]) * z / k[0, 0], (v - k[1, 2]) * z / k[1, 1], z], -1).reshape(-1, 3)
+  return xc @ cam_to_world[:3, :3].T + cam_to_world[:3, 3]
+
+
+def build_frame_pointcloud(scene, frame: int) -> dict[str, np.ndarray]:
+  """Merge all views of one frame of a KubricScene or PardomScene into the §4.4 per-frame arrays."""
+  from data_pipelines.kubric4d import KubricScene  # pylint: disable=g-import-not-at-top
+  is_kubric = isinstance(scene, KubricScene)
+  xyz, rgb, segm, tag = [], [], [], []
+  for v in range(scene.num_views):
+    k = scene.intrinsics(v)
+    ext = scene.extrinsics(v)
+    c2w = ext[frame] if ext.ndim == 3 else ext
+    depth = scene.depth(v, frame)
+    if is_kubric:
+      depth = ray_to_planar_depth(depth, k[0, 0], k[1, 1])
+      _, seg_colors = scene.segmentation(v, frame)
+      segm.append(seg_colors.reshape(-1, 3))
+    else:
+      depth = np.minimum(depth, MAX_DEPTH)
+      segm.append(scene.semantic(v, frame).reshape(-1, 1))
+      tag.append(np.full((depth.size, 1), v, np.uint8))
+    xyz.append(unproject_to_world(depth, k, c2w).astype(np.float16))
+    rgb.append(scene.rgb(v, frame).reshape(-1, 3))
+  out = {'xyz': np.stack(xyz), 'rgb': np.stack(rgb), 'segm': np.stack(segm)}
+  if tag:
+    out['tag'] = np.stack(tag)
+  return out
+
+
+def frame_path(scene_dir: str, frame: int, *, ext: str = 'npz', reference_pd_names: bool = False) -> str:
+  stem = f'{frame * 10 + 5:06d}' if reference_pd_names else f'{frame:05d}'
+  return os.path.join(scene_dir, f'pcl_rgb_segm_{stem}.{ext}')
+
+
+def save_frame(path: str, pcl: dict[str, np.ndarray], compress: bool = False):
+  """Atomic .npz write (temp file + rename)."""
+  tmp = f'{path}.tmp{os.getpid()}.npz'
+  (np.savez_compressed if compress else np.savez)(tmp, **pcl)
+  os.replace(tmp, path)
+
+
+def load_frame(path: str) -> dict[str, np.ndarray]:
+  """Read one merged frame: our .npz, or a reference `.pt` list (torch, weights_only=True)."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'point-cloud frame {path!r} missing; build the store with '
+                            '`gcd-jax data build` / build_scene_store, or check the frame index.')
+  if path.endswith('.npz'):
+    with np.load(path) as z:
+      return {k: z[k] for k in z.files}
+  if path.endswith('.pt'):
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise ImportError(f'{path} is a reference torch point cloud; install torch==2.13.0 (CPU) to read it, '
+                        'or convert the store to .npz') from e
+    items = torch.load(path, map_location='cpu', weights_only=True)
+    keys = ['xyz', 'rgb', 'segm', 'tag']
+    return {k: v.numpy() for k, v in zip(keys, items)}
+  raise ValueError(f'unknown point-cloud file type {path!r} (expected .npz or .pt)')
+
+
+def build_scene_store(scene, out_root: str, frames=None, compress: bool = False) -> str:
+  """Write all (complete) frames of `scene` to `<out_root>/<scene.name>/`; atomic per scene.
+
+  PD frames with a missing view file are skipped, as in `convert_pcl_pardom.py` (§4.4).
+  Returns the scene folder path.
+  """
+  final = os.path.join(out_root, scene.name)
+  if os.path.isdir(final):
+    shutil.rmtree(final)
+  os.makedirs(out_root, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f'.{scene.name}.', dir=out_root)
+  try:
+    frames = range(scene.num_frames) if frames is None else frames
+    kept = []
+    for t in frames:
+      if hasattr(scene, 'frame_complete') and not scene.frame_complete(t):
+        continue
+      save_frame(frame_path(tmp, t), build_frame_pointcloud(scene, t), compress=compress)
+      kept.append(t)
+    intr, extr = scene.cameras()
+    np.savez(os.path.join(tmp, 'cameras.npz'), intrinsics=intr, extrinsics=extr, width=scene.width,
+             height=scene.height, num_frames=scene.num_frames, frames=np.asarray(kept, np.int32))
+    os.replace(tmp, final)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return final
+
+
+class PointCloudStore:
+  """Read side of a store written by `build_scene_store` (or a reference `pcl/` tree of .pt files)."""
+
+  def __init__(self, root: str):
+    if not os.path.isdir(root):
+      raise FileNotFoundError(f'point-cloud store {root!r} does not exist; build it first (`gcd-jax data build`).')
+    self.root = root
+
+  def scenes(self) -> list[str]:
+    return sorted(d for d in os.listdir(self.root)
+                  if not d.startswith('.') and os.path.isdir(os.path.join(self.root, d)))
+
+  def cameras(self, scene: str) -> dict[str, np.ndarray]:
+    path = os.path.join(self.root, scene, 'cameras.npz')
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'{path!r} missing: this store was not written by build_scene_store.')
+    with np.load(path) as z:
+      return {k: z[k] for k in z.files}
+
+  def frame(self, scene: str, frame: int) -> dict[str, np.ndarray]:
+    d = os.path.join(self.root, scene)
+    for path in (frame_path(d, frame), frame_path(d, frame, ext='pt'),
+                 frame_path(d, frame, ext='pt', reference_pd_names=True)):
+      if os.path.exists(path):
+        return load_frame(path)
+    raise FileNotFoundError(f'point cloud of {scene} frame {frame} not found under {d!r} '
+                            f'(looked for {os.path.basename(frame_path(d, frame))} and the reference .pt names).')
