@@ -1,0 +1,247 @@
+"""The converted-model checkpoint: what `gcd-jax convert` writes and training / sampling restore.
+
+Layout of a checkpoint folder DIR:
+
+  DIR/metadata.json   {"format": "gcd-jax-model", "version": 1, "model_config": {...}, "components":
+                       [...], "dtype": ..., "source": {...}, "param_counts": {...}, ...}
+  DIR/network/        Orbax PyTree checkpoint: the nnx.Param state of GCDNetwork (`unet` +
+                      `camera_embedder`) as a pure dict (`nnx.State.to_pure_dict()`, list indices as int
+                      keys), Flax layout (kernels channels-last / (in, out)).
+  DIR/vae/            same for AutoencoderKLTemporalDecoder
+  DIR/clip/           same for CLIPVisionModelWithProjection
+
+Each component is its own Orbax item so that the converter can write (and free) one at a time, and a
+sampler can restore only what it needs. Restoring onto a mesh passes the target shardings straight to
+Orbax (`restore_model_checkpoint(..., shardings=...)`), so every host reads only its shards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Callable, Iterable, Mapping
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+COMPONENTS = ('network', 'vae', 'clip')
+METADATA = 'metadata.json'
+FORMAT = 'gcd-jax-model'
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+  """A model checkpoint folder that is missing, incomplete or does not match the requested config."""
+
+
+_BUILDERS = {  # component → (module, class); imported lazily (keeps `gcd-jax --help` fast)
+    'network': ('gcd_jax.models.gcd', 'GCDNetwork'),
+    'vae': ('gcd_jax.models.vae', 'AutoencoderKLTemporalDecoder'),
+    'clip': ('gcd_jax.models.clip', 'CLIPVisionModelWithProjection'),
+}
+
+
+def module_class(component: str):
+  import importlib  # pylint: disable=g-import-not-at-top
+  if component not in _BUILDERS:
+    raise ValueError(f'unknown component {component!r}; one of {COMPONENTS}')
+  mod, cls = _BUILDERS[component]
+  return getattr(importlib.import_module(mod), cls)
+
+
+def abstract_module(cfg: ml_collections.ConfigDict, component: str) -> nnx.Module:
+  """The component's module with ShapeDtypeStruct parameters (nothing allocated)."""
+  cls = module_class(component)
+  return nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0)))
+
+
+def config_to_dict(cfg: ml_collections.ConfigDict) -> dict:
+  return json.loads(cfg.to_json())
+
+
+def config_from_dict(d: Mapping) -> ml_collections.ConfigDict:
+  def fix(x):  # JSON turns tuples into lists; presets use tuples
+    if isinstance(x, dict):
+      return {k: fix(v) for k, v in x.items()}
+    if isinstance(x, list):
+      return tuple(fix(v) for v in x)
+    return x
+  return ml_collections.ConfigDict(fix(dict(d)))
+
+
+def _checkpointer():
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  # save_concurrent_gb bounds the host copies Orbax makes while writing: the converter must stay
+  # within ~1.3× the weights in resident memory (bench/convert_memory.py).
+  return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(save_concurrent_gb=1,
+                                                      save_device_host_concurrent_gb=1))
+
+
+def _pure(state) -> dict:
+  if isinstance(state, nnx.State):
+    return state.to_pure_dict()
+  if isinstance(state, nnx.Module):
+    return nnx.state(state, nnx.Param).to_pure_dict()
+  return state
+
+
+def save_component(tmp_dir: str, component: str, state) -> None:
+  """Writes one component (nnx.State, module, or pure dict of numpy / jax arrays) under `tmp_dir`."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  tree = jax.tree.map(jax.numpy.asarray, _pure(state))  # zero-copy for aligned numpy on CPU
+  with _checkpointer() as ckptr:
+    ckptr.save(os.path.join(os.path.abspath(tmp_dir), component), args=ocp.args.PyTreeSave(tree))
+
+
+def write_metadata(tmp_dir: str, cfg: ml_collections.ConfigDict, meta: Mapping[str, Any],
+                   components: Iterable[str]) -> dict:
+  data = dict(format=FORMAT, version=VERSION, model_config=config_to_dict(cfg),
+              components=list(components), **dict(meta))
+  with open(os.path.join(tmp_dir, METADATA), 'w') as f:
+    json.dump(data, f, indent=2, sort_keys=True, default=str)
+  return data
+
+
+def staging_dir(out_dir: str) -> str:
+  """A fresh temporary folder next to `out_dir` (same filesystem, so the final rename is atomic)."""
+  out_dir = os.path.abspath(out_dir)
+  if os.path.exists(out_dir):
+    raise CheckpointError(f'output {out_dir} already exists; choose another --out or delete it first')
+  parent = os.path.dirname(out_dir)
+  if not os.path.isdir(parent):
+    raise CheckpointError(f'parent folder {parent} of the output does not exist')
+  return tempfile.mkdtemp(prefix=f'.{os.path.basename(out_dir)}.', suffix='.partial', dir=parent)
+
+
+def finalize(tmp_dir: str, out_dir: str) -> None:
+  os.replace(tmp_dir, os.path.abspath(out_dir))
+
+
+def save_model_checkpoint(out_dir: str, network_state, vae_state, clip_state,
+                          cfg: ml_collections.ConfigDict, meta: Mapping[str, Any] | None = None) -> str:
+  """Writes a model checkpoint folder (see module docstring); states may be None to omit a component.
+
+  States: nnx.State (Param), nnx.Module, or pure dicts. Written to a temporary folder and renamed, so
+  a failure leaves no `out_dir` behind.
+  """
+  tmp = staging_dir(out_dir)
+  try:
+    written = []
+    for name, state in zip(COMPONENTS, (network_state, vae_state, clip_state)):
+      if state is not None:
+        save_component(tmp, name, state)
+        written.append(name)
+    write_metadata(tmp, cfg, meta or {}, written)
+    finalize(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return os.path.abspath(out_dir)
+
+
+def read_metadata(ckpt_dir: str) -> dict:
+  path = os.path.join(ckpt_dir, METADATA)
+  if not os.path.isdir(ckpt_dir):
+    raise CheckpointError(f'{ckpt_dir}: no such checkpoint folder')
+  if not os.path.exists(path):
+    raise CheckpointError(f'{ckpt_dir} has no {METADATA}: not a gcd-jax model checkpoint (made by '
+                          '`gcd-jax convert`)')
+  with open(path) as f:
+    data = json.load(f)
+  if data.get('format') != FORMAT:
+    raise CheckpointError(f'{path}: format {data.get("format")!r}, expected {FORMAT!r}')
+  return data
+
+
+def checkpoint_config(ckpt_dir: str) -> ml_collections.ConfigDict:
+  """The model config stored with the checkpoint."""
+  return config_from_dict(read_metadata(ckpt_dir)['model_config'])
+
+
+def _target(abstract_params: dict, shardings) -> dict:
+  """ShapeDtypeStructs with the requested shardings (default: the first device, unsharded)."""
+  if shardings is None:
+    shardings = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  if isinstance(shardings, jax.sharding.Sharding):
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=shardings),
+                        abstract_params)
+  shard_tree = _pure(shardings)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract_params, shard_tree)
+
+
+def restore_component(ckpt_dir: str, cfg: ml_collections.ConfigDict, component: str,
+                      shardings=None) -> nnx.Module:
+  """One component's module, parameters restored (onto `shardings` if given)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.abspath(ckpt_dir), component)
+  if not os.path.isdir(path):
+    raise CheckpointError(f'{ckpt_dir} has no `{component}` item')
+  abstract = abstract_module(cfg, component)
+  graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+  if jax.tree.leaves(rest):
+    raise CheckpointError(f'{component}: module holds non-parameter state, which this format does '
+                          'not store')
+  abstract_pure = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), params.to_pure_dict())
+  target = _target(abstract_pure, shardings)
+  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
+    stored = ckptr.metadata(path).item_metadata.tree
+    _check_shapes(component, ckpt_dir, stored, abstract_pure)
+    restored = ckptr.restore(path, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)))
+  nnx.replace_by_pure_dict(params, restored)
+  return nnx.merge(graphdef, params, rest)
+
+
+def _check_shapes(component: str, ckpt_dir: str, stored, expected: dict) -> None:
+  from gcd_jax.convert.torch_layout import WeightLoadError  # pylint: disable=g-import-not-at-top
+
+  def flat(tree):
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+      out['.'.join(str(getattr(p, 'key', getattr(p, 'idx', p))) for p in path)] = tuple(leaf.shape)
+    return out
+  have, want = flat(stored), flat(expected)
+  missing = sorted(set(want) - set(have))
+  unexpected = sorted(set(have) - set(want))
+  mismatched = sorted((k, have[k], want[k]) for k in set(want) & set(have) if have[k] != want[k])
+  if missing or unexpected or mismatched:
+    raise WeightLoadError(f'{component} from {ckpt_dir}', missing, unexpected, mismatched,
+                          hint='the checkpoint was written for another model config; restore with '
+                               'cfg=None to use the config stored in metadata.json')
+
+
+def restore_model_checkpoint(ckpt_dir: str, cfg: ml_collections.ConfigDict | None = None,
+                             shardings: Mapping[str, Any] | jax.sharding.Sharding | None = None,
+                             components: Iterable[str] | None = None):
+  """(network, vae, clip) NNX modules restored from a `gcd-jax convert` checkpoint folder.
+
+  cfg: the model config to build (None: the one stored in metadata.json). Only parameter shapes must
+    match the stored ones, so compute options (dtype=bfloat16, remat=...) may differ.
+  shardings: None (first device), one `jax.sharding.Sharding` for every array, or
+    {component: pytree of Shardings} matching the component's Param state (an nnx.State such as
+    `nnx.get_named_sharding(nnx.state(abstract, nnx.Param), mesh)` works).
+  components: which to restore (default: all the checkpoint has); the others come back as None.
+  """
+  meta = read_metadata(ckpt_dir)
+  if cfg is None:
+    cfg = config_from_dict(meta['model_config'])
+  wanted = tuple(meta.get('components', COMPONENTS) if components is None else components)
+  out = []
+  for name in COMPONENTS:
+    if name not in wanted:
+      out.append(None)
+      continue
+    if name not in meta.get('components', COMPONENTS):
+      raise CheckpointError(f'{ckpt_dir} does not contain `{name}` (it has {meta.get("components")})')
+    sh = shardings.get(name) if isinstance(shardings, Mapping) else shardings
+    out.append(restore_component(ckpt_dir, cfg, name, sh))
+  return tuple(out)
+
+
+def param_count(tree) -> int:
+  return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(_pure(tree))))
