@@ -21,6 +21,8 @@ import re
 import numpy as np
 from PIL import Image
 
+from gcd_jax.geometry import cameras
+
 NUM_VIEWS = 16
 NUM_FRAMES = 60
 FPS = 24
@@ -40,42 +42,6 @@ def list_scenes(root: str) -> list[str]:
         f'Kubric-4D root {root!r} does not exist; pass the folder that holds the scnXXXXX/ scene folders '
         '(see gcd_spec.md §4.2, or build the procedural dataset with `gcd-jax data build procedural_4d`).')
   return sorted(d for d in os.listdir(root) if _SCENE_RE.match(d) and os.path.isdir(os.path.join(root, d)))
-
-
-def quaternion_to_matrix(q) -> np.ndarray:
-  """Unit quaternion (w, x, y, z) → 3x3 rotation matrix (float64). q: [..., 4] → [..., 3, 3]."""
-  q = np.asarray(q, np.float64)
-  q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-  w, x, y, z = np.moveaxis(q, -1, 0)
-  return np.stack([
-      np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
-      np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
-      np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
-  ], -2)
-
-
-def blender_to_opencv_extrinsics(positions, quaternions) -> np.ndarray:
-  """Kubric camera poses → GCD camera-to-world [T, 4, 4] float64 (§4.4: columns 1 and 2 negated)."""
-  rot = quaternion_to_matrix(quaternions)
-  rot = rot * np.array([1.0, -1.0, -1.0])  # (right, up, back) → (right, down, forward)
-  positions = np.asarray(positions, np.float64)
-  out = np.zeros(rot.shape[:-2] + (4, 4))
-  out[..., :3, :3] = rot
-  out[..., :3, 3] = positions
-  out[..., 3, 3] = 1.0
-  return out
-
-
-def kubric_pixel_intrinsics(k_normalized, width: int, height: int) -> np.ndarray:
-  """Kubric normalized K (sign convention [[fx,0,-.5],[0,-fy,-.5],[0,0,-1]]) → pixel K [3,3] (§4.4: |K|·(W,H))."""
-  k = np.abs(np.asarray(k_normalized, np.float64))
-  if k.shape != (3, 3):
-    raise ValueError(f'camera.K must be 3x3, got shape {k.shape}')
-  k = k.copy()
-  k[0] *= width
-  k[1] *= height
-  k[2] = (0.0, 0.0, 1.0)
-  return k
 
 
 def read_depth_tiff(path: str) -> np.ndarray:
@@ -162,7 +128,7 @@ class KubricScene:
   def intrinsics(self, view: int) -> np.ndarray:
     """Pixel intrinsics [3, 3] float64."""
     self._check_view(view)
-    return kubric_pixel_intrinsics(self.metadata(view)['K'], self.width, self.height)
+    return cameras.kubric_intrinsics(self.metadata(view)['K'], self.width, self.height)
 
   def extrinsics(self, view: int) -> np.ndarray:
     """Camera-to-world (right, down, forward) [T, 4, 4] float64 for all frames."""
@@ -171,7 +137,7 @@ class KubricScene:
     if len(m['positions']) < self.num_frames or len(m['quaternions']) < self.num_frames:
       raise ValueError(f'{self.name} view {view}: camera track has {len(m["positions"])} positions, '
                        f'{self.num_frames} frames expected')
-    return blender_to_opencv_extrinsics(m['positions'][:self.num_frames], m['quaternions'][:self.num_frames])
+    return cameras.blender_to_opencv_extrinsics(m['positions'][:self.num_frames], m['quaternions'][:self.num_frames])
 
   def _frame_file(self, view: int, frame: int, kind: str, ext: str) -> str:
     self._check_view(view)
@@ -209,29 +175,3 @@ class KubricScene:
     return (np.stack([self.intrinsics(v) for v in range(self.num_views)]),
             np.stack([self.extrinsics(v) for v in range(self.num_views)]))
 
-
-def matrix_to_quaternion(rot) -> np.ndarray:
-  """3x3 rotation → unit quaternion (w, x, y, z), w ≥ 0 (for writing Kubric-layout metadata)."""
-  m = np.asarray(rot, np.float64)
-  tr = np.trace(m)
-  if tr > 0:
-    s = np.sqrt(tr + 1.0) * 2
-    q = [0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
-  elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
-    s = np.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2]) * 2
-    q = [(m[2, 1] - m[1, 2]) / s, 0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s]
-  elif m[1, 1] > m[2, 2]:
-    s = np.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2]) * 2
-    q = [(m[0, 2] - m[2, 0]) / s, (m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s]
-  else:
-    s = np.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1]) * 2
-    q = [(m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s]
-  q = np.asarray(q)
-  q = q / np.linalg.norm(q)
-  return -q if q[0] < 0 else q
-
-
-def opencv_to_blender_pose(cam_to_world) -> tuple[np.ndarray, np.ndarray]:
-  """GCD camera-to-world [4, 4] → Kubric (position [3], quaternion (w, x, y, z)) — inverse of §4.4's flip."""
-  c2w = np.asarray(cam_to_world, np.float64)
-  return c2w[:3, 3].copy(), matrix_to_quaternion(c2w[:3, :3] * np.array([1.0, -1.0, -1.0]))

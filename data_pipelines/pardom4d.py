@@ -24,7 +24,7 @@ import re
 import numpy as np
 from PIL import Image
 
-from data_pipelines.kubric4d import quaternion_to_matrix
+from gcd_jax.geometry.cameras import quaternion_to_matrix
 
 NUM_FRAMES = 50
 FPS = 10

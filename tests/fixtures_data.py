@@ -14,6 +14,7 @@ from PIL import Image
 import pytest
 
 from data_pipelines import kubric4d, pardom4d
+from gcd_jax.geometry import cameras
 
 SPHERE_RADIUS = 1.5
 
@@ -87,11 +88,11 @@ def write_kubric_fixture(root: str, scene_idx: int, *, num_views=4, num_frames=6
   sdir = os.path.join(root, name)
   os.makedirs(sdir, exist_ok=True)
   k_norm = [[1.0, 0.0, -0.5], [0.0, -1.5, -0.5], [0.0, 0.0, -1.0]]
-  k = kubric4d.kubric_pixel_intrinsics(k_norm, width, height)
+  k = cameras.kubric_intrinsics(k_norm, width, height)
   import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
   for v in range(num_views):
     c2w = kubric_view_pose(v)
-    pos, quat = kubric4d.opencv_to_blender_pose(c2w)
+    pos, quat = cameras.opencv_to_blender_pose(c2w)
     meta = {'scene': {'num_frames': num_frames, 'resolution': [width, height], 'frame_rate': 24},
             'camera': {'K': k_norm, 'positions': [pos.tolist()] * num_frames,
                        'quaternions': [quat.tolist()] * num_frames, 'focal_length': 32, 'sensor_width': 32},
@@ -111,7 +112,7 @@ def write_kubric_fixture(root: str, scene_idx: int, *, num_views=4, num_frames=6
   return sdir
 
 
-PD_CAMERAS = ('camera0', 'camera1', 'camera10', 'yaw-0', 'yaw-60')
+PD_CAMERAS = ('camera0', 'camera1', 'camera10', 'yaw-0', 'yaw-60', 'yaw-neg-60')
 
 
 def write_pardom_fixture(root: str, scene_idx: int, *, num_frames=4, height=12, width=16,
@@ -126,7 +127,7 @@ def write_pardom_fixture(root: str, scene_idx: int, *, num_frames=4, height=12, 
     poses[cam] = look_at((10 * np.cos(az), 10 * np.sin(az), 4.0))
   for i, cam in enumerate(PD_CAMERAS + ('velodyne',)):
     c2w = poses.get(cam, np.eye(4))
-    q = kubric4d.matrix_to_quaternion(c2w[:3, :3])
+    q = cameras.matrix_to_quaternion(c2w[:3, :3])
     t = c2w[:3, 3]
     names.append(cam)
     intr.append({'fx': float(width), 'fy': float(width), 'cx': width / 2, 'cy': height / 2})

@@ -24,8 +24,10 @@ def test_kubric_cameras_match_layout(kubric_root):
 
 def test_kubric_view4_extrinsics_example():
   # §4.9: view 4 of the Kubric layout, round-tripped through Blender quaternions (§4.4 column flip).
-  pos, quat = kubric4d.opencv_to_blender_pose(kubric_view_pose(4))
-  ext = kubric4d.blender_to_opencv_extrinsics(pos[None], quat[None])[0]
+  from gcd_jax.geometry import cameras  # pylint: disable=g-import-not-at-top
+  pos, quat = cameras.opencv_to_blender_pose(kubric_view_pose(4))
+  # Written to and read back from a Kubric-layout JSON by the reader in test_kubric_cameras_match_layout.
+  ext = cameras.blender_to_opencv_extrinsics(pos[None], quat[None])[0]
   np.testing.assert_allclose(ext[:3, :3], [[-0.25882, 0.08419, -0.96225], [0.96593, 0.02256, -0.25783],
                                            [0, -0.99619, -0.08716]], atol=1e-5)
   np.testing.assert_allclose(ext[:3, 3], [14.434, 3.868, 2.307], atol=1e-3)
@@ -115,7 +117,7 @@ def test_reference_pt_format_is_read(tmp_path):
 def test_pardom_reader(pardom_root):
   scene = pardom4d.PardomScene(pardom_root, 0)
   # Lexicographic view order, velodyne skipped (§4.3).
-  assert scene.view_names == sorted(PD_CAMERAS) == ['camera0', 'camera1', 'camera10', 'yaw-0', 'yaw-60']
+  assert scene.view_names == sorted(PD_CAMERAS) == ['camera0', 'camera1', 'camera10', 'yaw-0', 'yaw-60', 'yaw-neg-60']
   assert scene.num_frames == 4
   k, c2w = scene.intrinsics('yaw-0'), scene.extrinsics('yaw-0')
   np.testing.assert_allclose(k, [[16, 0, 8], [0, 16, 6], [0, 0, 1]])
@@ -130,7 +132,7 @@ def test_pardom_reader(pardom_root):
   np.testing.assert_array_equal(scene.semantic(3, 1), ids)
   assert tuple(scene.palette[1]) == (128, 64, 128) and tuple(scene.palette[5]) == (0, 0, 0)
   pcl = pointcloud_store.build_frame_pointcloud(scene, 1)
-  assert pcl['segm'].shape == (5, 192, 1) and list(pcl['tag'][:, 0, 0]) == [0, 1, 2, 3, 4]
+  assert pcl['segm'].shape == (6, 192, 1) and list(pcl['tag'][:, 0, 0]) == [0, 1, 2, 3, 4, 5]
   floor = pcl['xyz'][pcl['segm'][..., 0] == 1].astype(np.float64)
   assert np.abs(floor[:, 2]).max() < 0.02  # planar depth: exact up to float16
 

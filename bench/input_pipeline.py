@@ -1,0 +1,104 @@
+"""Input-pipeline throughput: training examples per second per CPU core at 256×384×14 (both views rendered).
+
+Two paths, each a procedural scene set at Kubric-4D's layout (16 views, 576×384 unless --source-size):
+  procedural  TFDS ArrayRecord RGB-D records → unprojection → render input + target (data_config 'procedural')
+  pointcloud  merged per-frame point-cloud store (.npz, gcd_spec §4.4) → render input + target
+Measured in-process (no worker processes), single thread, after one warm-up example (jit compile), so the
+number is per core. Also prints how many host cores a TPU v5p host (4 chips) needs at the train-step rate
+implied by the FLOP count.
+
+  python bench/input_pipeline.py [--scenes 2] [--examples 4] [--source-size 576x384] [--mfu 0.4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+if __name__ == '__main__':
+  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+# FLOP model (stack.md): 6.27 TFLOPs per U-Net forward at 256×384×14; train step ≈ 3× forward, 4× with remat.
+UNET_FORWARD_TFLOPS = 6.27
+V5P_PEAK_TFLOPS = 459.0  # bf16 per chip
+CHIPS_PER_HOST = 4
+
+
+def host_cores_needed(examples_per_s_per_core: float, mfu: float, per_chip_batch: int = 1,
+                      remat: bool = True) -> dict:
+  step_tflops = UNET_FORWARD_TFLOPS * (4.0 if remat else 3.0) * per_chip_batch
+  steps_per_s = V5P_PEAK_TFLOPS * mfu / step_tflops  # per chip
+  examples_per_s_host = steps_per_s * per_chip_batch * CHIPS_PER_HOST
+  return {'train_step_tflops_per_example': UNET_FORWARD_TFLOPS * (4.0 if remat else 3.0), 'mfu': mfu,
+          'examples_per_s_per_chip': steps_per_s * per_chip_batch, 'examples_per_s_per_host': examples_per_s_host,
+          'host_cores_needed': examples_per_s_host / max(examples_per_s_per_core, 1e-9)}
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument('--scenes', type=int, default=2)
+  ap.add_argument('--examples', type=int, default=4)
+  ap.add_argument('--source-size', default='576x384', help='WxH of the generated scene views.')
+  ap.add_argument('--frames-per-scene', type=int, default=60)
+  ap.add_argument('--mfu', type=float, default=0.4)
+  ap.add_argument('--workdir', default=None)
+  args = ap.parse_args()
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.FLAGS.mark_as_parsed()
+  from data_pipelines import input_pipeline, kubric4d, pointcloud_store, tfds_builders  # pylint: disable=g-import-not-at-top
+
+  w, h = (int(v) for v in args.source_size.split('x'))
+  work = args.workdir or tempfile.mkdtemp(prefix='gcd_bench_data_')
+  raw = os.path.join(work, 'raw')
+  t0 = time.perf_counter()
+  tfds_builders.generate_scenes(raw, range(args.scenes), preset='kubric',
+                                overrides={'width': w, 'height': h, 'num_frames': args.frames_per_scene})
+  gen_s = time.perf_counter() - t0
+  results = {'source_size': [w, h], 'scenes': args.scenes, 'generate_s_per_scene': gen_s / args.scenes}
+
+  # procedural path: TFDS records.
+  t0 = time.perf_counter()
+  builder = tfds_builders.build('procedural_4d', data_dir=os.path.join(work, 'tfds'), config='full',
+                                manual_dir=raw, num_scenes=args.scenes)
+  results['tfds_build_s'] = time.perf_counter() - t0
+  cfg = input_pipeline.data_config('procedural')
+  cfg.update(dict(data_dir=os.path.join(work, 'tfds'), builder_config='full', manual_dir=raw, split='train',
+                  shard_index=0, shard_count=1, num_threads=1))
+  del builder
+  paths = {'procedural': (cfg, None)}
+
+  # point-cloud path: merged .npz store.
+  pcl = os.path.join(work, 'pcl')
+  for i in range(args.scenes):
+    pointcloud_store.build_scene_store(kubric4d.KubricScene(raw, i), pcl)
+  cfg_p = input_pipeline.data_config('procedural')
+  cfg_p.update(dict(source='pointcloud', pcl_root=pcl, shard_index=0, shard_count=1, num_threads=1))
+  paths['pointcloud'] = (cfg_p, None)
+
+  for name, (c, _) in paths.items():
+    maker = input_pipeline.ExampleMaker(c, input_pipeline.make_source(c))
+    t0 = time.perf_counter()
+    maker(0)  # warm-up: jit compile
+    warm = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in range(1, args.examples + 1):
+      ex = maker(i)
+    dt = (time.perf_counter() - t0) / args.examples
+    assert ex['jpg'].shape == (14, 256, 384, 3)
+    results[name] = {'s_per_example': dt, 'examples_per_s_per_core': 1.0 / dt, 'first_example_s': warm}
+  best = max(results['procedural']['examples_per_s_per_core'], results['pointcloud']['examples_per_s_per_core'])
+  worst = min(results['procedural']['examples_per_s_per_core'], results['pointcloud']['examples_per_s_per_core'])
+  results['tpu_v5p_host'] = host_cores_needed(worst, args.mfu)
+  print(json.dumps(results, indent=1))
+  v5 = results['tpu_v5p_host']
+  print(f'input pipeline: procedural {results["procedural"]["examples_per_s_per_core"]:.2f} ex/s/core, '
+        f'point-cloud {results["pointcloud"]["examples_per_s_per_core"]:.2f} ex/s/core (goal ≥ 0.5); '
+        f'v5p host (4 chips, MFU {args.mfu:.0%}) consumes {v5["examples_per_s_per_host"]:.2f} ex/s → needs '
+        f'{v5["host_cores_needed"]:.1f} cores at the slower path ({best:.2f} best)')
+
+
+if __name__ == '__main__':
+  main()

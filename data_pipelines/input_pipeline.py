@@ -1,0 +1,470 @@
+"""Grain input pipeline: GCD training examples rendered on the fly from point clouds (gcd_spec.md §4.5–4.10).
+
+Per example: pick a scene, sample a clip and a camera trajectory (seeded by (seed, epoch, index)), build
+the merged point cloud of every clip frame, render the input (source) and target (destination) views
+with the §4.8 renderer, and return §4.10's dictionary — channels-last, batched to [B, T, ...]:
+
+  jpg                        [B, T, H, W, 3] f32  target video in [-1, 1]
+  cond_frames_without_noise  [B, T, H, W, 3] f32  input video in [-1, 1]
+  cond_frames                [B, T, H, W, 3] f32  input + cond_aug·N(0, 1)
+  fps_id, motion_bucket_id   [B, T] int32
+  cond_aug                   [B, T] f32 (= 0.02)
+  image_only_indicator       [B, T] f32 zeros
+  scaled_relative_angles     [B, T, 3] f32 (Δaz rad, Δel rad, Δr m)
+  scaled_relative_pose       [B, T, 3, 4] f32 (inv(RT_src)·RT_dst)[:3]
+  dset [B] (1 Kubric-like, 2 PD), idx [B] int64 (global example index), scene_idx, frame_start, frame_skip,
+  reverse [B] int32, clip_frames [B, T] int32, src_view_idx / dst_view_idx [B] int32 (PD; -1 otherwise),
+  src_camera / dst_camera [B, T, 4, 4] f32 camera-to-world of the input / target views (previews, eval)
+
+The dataset index is global: example i belongs to epoch i // num_scenes and, in that epoch, to the scene at
+position i % num_scenes of a per-epoch permutation. Host s of S reads indices s, s+S, s+2S, ... (disjoint,
+together covering everything). The Grain iterator state is just the next position, so save/restore is
+exact; `checkpoint_handler()` plugs it into Orbax.
+
+Build a training iterator:
+  cfg = data_config('procedural')            # or 'kubric', 'pardom', 'tiny'; override fields freely
+  it = make_iterator(cfg)                     # grain DatasetIterator; next(it) → batch dict
+  state = it.get_state(); ...; it.set_state(state)        # or Orbax: see checkpoint_handler()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import sys
+
+import grain
+import ml_collections
+import numpy as np
+
+from data_pipelines import tfds_builders
+
+KUBRIC_FPS = 24
+PARDOM_FPS = 10
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+def data_config(preset: str = 'procedural') -> ml_collections.ConfigDict:
+  """Data config presets: 'kubric' (Kubric-4D, §4.5), 'pardom' (§4.6), 'procedural' (no download, 256×384),
+  'tiny' (64×96, 4 frames, for tests/demo). Append ',key=value' pairs to override (e.g. 'tiny,batch_size=4')."""
+  name, *overrides = preset.split(',')
+  c = ml_collections.ConfigDict()
+  c.dataset = 'procedural_4d'      # procedural_4d | kubric_4d | pardom_4d (TFDS) ; see `source`
+  c.builder_config = 'small'       # TFDS builder config (tiny / small / full)
+  c.source = 'tfds'                # 'tfds' (RGB-D records) or 'pointcloud' (merged .npz/.pt store at pcl_root)
+  c.data_dir = os.path.expanduser('~/tensorflow_datasets')
+  c.manual_dir = ''                # Kubric-4D / PD raw layout, or procedural scene cache
+  c.pcl_root = ''                  # point-cloud store root (source='pointcloud')
+  c.split = 'train'
+  c.height, c.width = 256, 384     # model resolution (§4.8 step 7)
+  c.render_height, c.render_width = 280, 420  # render resolution (§4.8 step 1)
+  c.num_frames = 14
+  c.trajectory = 'kubric_gradual_max90'  # gcd_jax.geometry trajectory_config preset
+  c.cond_aug = 0.02
+  c.batch_size = 1
+  c.seed = 0
+  c.shuffle = True
+  c.num_epochs = -1                # -1: repeat forever
+  c.num_workers = 0                # >0: Grain worker processes (mp_prefetch), CPU jax inside
+  c.num_threads = 1                # in-process read threads (each renders one example at a time)
+  c.prefetch_buffer_size = 2
+  c.shard_index = -1               # -1: jax.process_index()
+  c.shard_count = -1               # -1: jax.process_count()
+  c.max_scenes = -1                # cap on scenes (smoke runs)
+  c.drop_remainder = True
+  if name == 'kubric':
+    c.dataset, c.builder_config = 'kubric_4d', 'full'
+  elif name == 'pardom':
+    c.dataset, c.builder_config, c.trajectory = 'pardom_4d', 'full', 'pardom_gradual'
+  elif name == 'procedural':
+    pass
+  elif name == 'tiny':
+    c.builder_config = 'tiny'
+    c.height, c.width, c.render_height, c.render_width = 64, 96, 70, 105
+    c.num_frames = 4
+    c.trajectory = 'kubric_gradual_max90'
+  else:
+    raise ValueError(f'unknown data preset {name!r}; choose kubric, pardom, procedural or tiny')
+  for item in overrides:
+    key, _, value = item.partition('=')
+    if key not in c:
+      raise KeyError(f'unknown data config field {key!r} in preset string {preset!r}')
+    old = c[key]
+    c[key] = type(old)(value) if not isinstance(old, bool) else value.lower() in ('1', 'true', 'yes')
+  return c
+
+
+# ------------------------------------------------------------------------------------------------ sources
+
+class TfdsSceneSource:
+  """Random access to (scene, frame) records of a built TFDS dataset (tfds_builders)."""
+
+  def __init__(self, data_dir: str, dataset: str, builder_config: str, split: str, max_scenes: int = -1,
+               manual_dir: str | None = None):
+    self._args = (data_dir, dataset, builder_config, split, max_scenes, manual_dir)
+    builder = tfds_builders.get_builder(dataset, data_dir=data_dir, config=builder_config,
+                                        manual_dir=manual_dir or None)
+    if not builder.is_prepared():
+      raise FileNotFoundError(
+          f'TFDS dataset {dataset}/{builder_config} is not built under {data_dir!r}; run '
+          f'`gcd-jax data build {dataset} --data-dir {data_dir} --config {builder_config}` first.')
+    self.scenes = tfds_builders.frame_index(builder, split)
+    if max_scenes > 0:
+      self.scenes = self.scenes[:max_scenes]
+    self._builder = builder
+    self._split = split
+    self._ds = None
+
+  def __getstate__(self):  # worker processes reopen the ArrayRecord files themselves
+    return {'_args': self._args}
+
+  def __setstate__(self, state):
+    self.__init__(*state['_args'])
+
+  @property
+  def data_source(self):
+    if self._ds is None:
+      self._ds = self._builder.as_data_source(split=self._split)
+    return self._ds
+
+  def __len__(self):
+    return len(self.scenes)
+
+  def scene(self, pos: int) -> tuple[int, str, list[int]]:
+    scene_idx, name, frames, _ = self.scenes[pos]
+    return scene_idx, name, frames
+
+  def load_clip(self, pos: int, frames) -> dict[str, np.ndarray]:
+    """→ rgb [T, V, H, W, 3] uint8, depth [T, V, H, W] f32, intrinsics [V, 3, 3], extrinsics [T, V, 4, 4]."""
+    scene_idx, name, avail, first = self.scenes[pos]
+    recs = []
+    for t in frames:
+      rec = self.data_source[first + avail.index(int(t))]
+      if int(rec['id']) != tfds_builders.record_id(scene_idx, t):
+        raise RuntimeError(f'record for {name} frame {t} has id {rec["id"]}; the dataset index is stale — '
+                           'rebuild the TFDS dataset.')
+      recs.append(rec)
+    return {'rgb': np.stack([r['rgb'] for r in recs]), 'depth': np.stack([r['depth'] for r in recs]),
+            'intrinsics': np.asarray(recs[0]['intrinsics'], np.float32),
+            'extrinsics': np.stack([r['extrinsics'] for r in recs]).astype(np.float32),
+            'dset': int(recs[0]['dset'])}
+
+
+class PointCloudSceneSource:
+  """Random access to a merged point-cloud store (pointcloud_store; reference .pt files too)."""
+
+  def __init__(self, root: str, scene_names=None, max_scenes: int = -1, dset: int = 1):
+    from data_pipelines.pointcloud_store import PointCloudStore  # pylint: disable=g-import-not-at-top
+    self.store = PointCloudStore(root)
+    names = list(scene_names) if scene_names is not None else self.store.scenes()
+    names = names[:max_scenes] if max_scenes > 0 else names
+    self.dset = dset
+    self.scenes = []
+    for name in names:
+      cams = self.store.cameras(name)
+      self.scenes.append((int(''.join(ch for ch in name if ch.isdigit())), name,
+                          [int(f) for f in cams['frames']], cams))
+
+  def __len__(self):
+    return len(self.scenes)
+
+  def scene(self, pos: int):
+    scene_idx, name, frames, _ = self.scenes[pos]
+    return scene_idx, name, frames
+
+  def load_clip(self, pos: int, frames) -> dict[str, np.ndarray]:
+    """→ xyz [T, P, 3] f32, colors [T, P, 3] uint8, intrinsics [V, 3, 3] (pixels of the source views)."""
+    _, name, _, cams = self.scenes[pos]
+    pcls = [self.store.frame(name, int(t)) for t in frames]
+    return {'xyz': np.stack([p['xyz'].reshape(-1, 3) for p in pcls]).astype(np.float32),
+            'rgb': np.stack([p['rgb'].reshape(-1, 3) for p in pcls]),
+            'intrinsics': np.asarray(cams['intrinsics'], np.float32),
+            'source_size': (int(cams['width']), int(cams['height'])), 'dset': self.dset}
+
+
+def make_source(cfg):
+  if cfg.source == 'tfds':
+    return TfdsSceneSource(cfg.data_dir, cfg.dataset, cfg.builder_config, cfg.split, cfg.max_scenes,
+                           cfg.manual_dir or None)
+  if cfg.source == 'pointcloud':
+    if not cfg.pcl_root:
+      raise ValueError('source="pointcloud" needs cfg.pcl_root (a store written by pointcloud_store.build_scene_store)')
+    return PointCloudSceneSource(cfg.pcl_root, max_scenes=cfg.max_scenes,
+                                 dset=tfds_builders.DSET_PARDOM if cfg.dataset == 'pardom_4d' else 1)
+  raise ValueError(f'unknown source {cfg.source!r}; use "tfds" or "pointcloud"')
+
+
+# ------------------------------------------------------------------------------------------------ examples
+
+PD_SRC_POSITION, PD_SRC_LOOK_AT = (1.60, 0.0, 1.55), (6.60, 0.0, 1.55)   # ego_forward (§4.6)
+PD_DST_POSITION, PD_DST_LOOK_AT = (-8.0, 0.0, 8.0), (5.60, 0.0, 1.55)    # topdown1
+PD_INPUT_VIEW = 'yaw-0'
+PD_INTRINSICS_VIEW = -2  # avail_intrinsics[-2:-1] = sorted view 17 = yaw-60 (§4.6, §6.13)
+
+
+def example_rng(seed: int, index: int, num_scenes: int) -> np.random.Generator:
+  """Per-example generator keyed by (seed, epoch, index in epoch): independent of workers/threads/hosts."""
+  return np.random.default_rng(np.random.SeedSequence([int(seed), int(index) // num_scenes, int(index) % num_scenes]))
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  return np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch), 0x5EED])).permutation(n)
+
+
+def to_model_range(frames01):
+  """[0, 1] → [-1, 1] (§4.10)."""
+  return frames01 * 2.0 - 1.0
+
+
+@dataclasses.dataclass
+class ExampleMaker:
+  """Global example index → §4.10 example dict (unbatched, channels-last)."""
+
+  cfg: ml_collections.ConfigDict
+  source: object
+
+  def __post_init__(self):
+    self._n = len(self.source)
+    if self._n == 0:
+      raise ValueError(f'no scenes in split {self.cfg.split!r} of {self.cfg.dataset}')
+
+  def scene_position(self, index: int) -> int:
+    epoch, i = divmod(int(index), self._n)
+    if not self.cfg.shuffle:
+      return i
+    return int(_cached_permutation(self.cfg.seed, epoch, self._n)[i])
+
+  def __call__(self, index: int) -> dict[str, np.ndarray]:
+    rng = example_rng(self.cfg.seed, index, self._n)
+    pos = self.scene_position(index)
+    scene_idx, name, frames = self.source.scene(pos)
+    is_pd = self.cfg.dataset == 'pardom_4d'
+    for _ in range(100):  # the reference retries failed samples (§4.5); here: clips hitting missing PD frames
+      clip = (sample_pardom_clip(rng, len(frames) and max(frames) + 1, self.cfg.num_frames) if is_pd else
+              sample_kubric_clip(rng, max(frames) + 1, self.cfg))
+      if all(int(t) in frames for t in clip['clip_frames']):
+        break
+    else:
+      raise RuntimeError(f'{name}: no clip of {self.cfg.num_frames} frames fits the available frames {frames}')
+    data = self.source.load_clip(pos, clip['clip_frames'])
+    if is_pd:
+      src_frames, dst_frames = render_pardom_views(data, clip, self.cfg)
+    else:
+      src_frames, dst_frames = render_kubric_views(data, clip, self.cfg)
+    t = self.cfg.num_frames
+    cond = to_model_range(src_frames)
+    noise = rng.standard_normal(cond.shape, dtype=np.float32)
+    return {
+        'jpg': to_model_range(dst_frames).astype(np.float32),
+        'cond_frames_without_noise': cond.astype(np.float32),
+        'cond_frames': (cond + self.cfg.cond_aug * noise).astype(np.float32),
+        'fps_id': np.full((t,), clip['fps'], np.int32),
+        'motion_bucket_id': np.full((t,), clip['motion_bucket_id'], np.int32),
+        'cond_aug': np.full((t,), self.cfg.cond_aug, np.float32),
+        'image_only_indicator': np.zeros((t,), np.float32),
+        'scaled_relative_angles': np.asarray(clip['scaled_relative_angles'], np.float32),
+        'scaled_relative_pose': np.asarray(clip['scaled_relative_pose'], np.float32),
+        'dset': np.int32(data['dset']),
+        'idx': np.int64(index),
+        'scene_idx': np.int32(scene_idx),
+        'frame_start': np.int32(clip['frame_start']),
+        'frame_skip': np.int32(clip['frame_skip']),
+        'reverse': np.int32(clip['reverse']),
+        'clip_frames': np.asarray(clip['clip_frames'], np.int32),
+        'src_view_idx': np.int32(clip.get('src_view_idx', -1)),
+        'dst_view_idx': np.int32(clip.get('dst_view_idx', -1)),
+        'src_camera': np.asarray(clip['src_camera'], np.float32),
+        'dst_camera': np.asarray(clip['dst_camera'], np.float32),
+    }
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_permutation(seed, epoch, n):
+  return epoch_permutation(seed, epoch, n)
+
+
+def _cpu_worker_init(worker_index: int, worker_count: int):
+  """Grain workers render with CPU jax: the accelerator belongs to the training process."""
+  del worker_index, worker_count
+  os.environ['JAX_PLATFORMS'] = 'cpu'
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_platforms', 'cpu')
+
+
+def resolve_shard(cfg) -> tuple[int, int]:
+  if cfg.shard_count > 0:
+    index, count = cfg.shard_index, cfg.shard_count
+  else:
+    import jax  # pylint: disable=g-import-not-at-top
+    index, count = jax.process_index(), jax.process_count()
+    index = cfg.shard_index if cfg.shard_index >= 0 else index
+  if not 0 <= index < count:
+    raise ValueError(f'shard_index {index} outside [0, {count})')
+  return index, count
+
+
+def make_dataset(cfg, source=None) -> grain.MapDataset:
+  """Batched MapDataset of this host's examples. Element k of host s is global example s + k·S."""
+  source = source if source is not None else make_source(cfg)
+  shard_index, shard_count = resolve_shard(cfg)
+  n = len(source)
+  total = n * cfg.num_epochs if cfg.num_epochs > 0 else sys.maxsize // 2
+  ds = grain.MapDataset.range(shard_index, total, shard_count)
+  ds = ds.map(ExampleMaker(cfg, source))
+  return ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
+
+
+def make_iterator(cfg, source=None):
+  """Training iterator (grain DatasetIterator): `next(it)` → batch dict; `it.get_state()`/`set_state()`."""
+  ds = make_dataset(cfg, source).to_iter_dataset(
+      grain.ReadOptions(num_threads=max(cfg.num_threads, 1), prefetch_buffer_size=max(cfg.prefetch_buffer_size, 1)))
+  if cfg.num_workers > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers), worker_init_fn=_cpu_worker_init)
+  return iter(ds)
+
+
+def checkpoint_handler():
+  """Orbax handler for the iterator (grain.checkpoint): use with `ocp.args.Composite(data=
+  grain.checkpoint.CheckpointSave(it))` / `CheckpointRestore(it)` in a CheckpointManager whose
+  `item_handlers` maps 'data' to this handler. One JSON file per process (process_{i}-of-{n}.json)."""
+  return grain.checkpoint.CheckpointHandler()
+
+
+# ---------------------------------------------------------------------------- geometry glue (gcd_jax.geometry)
+
+def _geometry():
+  """The camera/trajectory/renderer implementation (gcd_jax.geometry, §4.5–4.9)."""
+  from gcd_jax.geometry import cameras  # pylint: disable=g-import-not-at-top
+  try:
+    from gcd_jax.geometry import render, trajectory  # pylint: disable=g-import-not-at-top
+  except ImportError:  # DEV ONLY
+    from data_pipelines._geometry_fallback import render, trajectory  # pylint: disable=g-import-not-at-top
+  return cameras, trajectory, render
+
+
+def sample_pardom_clip(rng: np.random.Generator, num_scene_frames: int, num_frames: int) -> dict:
+  """§4.6: skip ∈ {1, 2}, start ∈ [0, F − (skip·(T−1)+1) − 1], fps = round(10/skip); ego-forward → topdown1
+  with the sine blend of positions and look-at points over move_time = T−1 frames; no reverse."""
+  cameras, _, _ = _geometry()
+  skip = int(rng.integers(1, 3))
+  cover = skip * (num_frames - 1) + 1
+  max_start = max(num_scene_frames - cover - 1, 0)
+  start = int(rng.integers(0, max_start + 1))
+  clip_frames = start + skip * np.arange(num_frames)
+  move_time = num_frames - 1
+  t = np.arange(num_frames)
+  alpha = np.where(t < move_time, (1 - np.cos(np.pi * t / move_time)) / 2, 1.0)[:, None]
+  src_p, src_l = np.array(PD_SRC_POSITION), np.array(PD_SRC_LOOK_AT)
+  dst_p = (1 - alpha) * src_p + alpha * np.array(PD_DST_POSITION)
+  dst_l = (1 - alpha) * src_l + alpha * np.array(PD_DST_LOOK_AT)
+  src = np.stack([cameras.extrinsics_from_look_at(src_p, src_l)] * num_frames)
+  dst = np.stack([cameras.extrinsics_from_look_at(p, l) for p, l in zip(dst_p, dst_l)])
+  return {'frame_start': start, 'frame_skip': skip, 'reverse': 0, 'clip_frames': clip_frames,
+          'fps': round(PARDOM_FPS / skip), 'motion_bucket_id': 127,
+          'scaled_relative_angles': np.zeros((num_frames, 3)), 'scaled_relative_pose': cameras.relative_pose(src, dst),
+          'src_camera': src, 'dst_camera': dst}
+
+
+def render_intrinsics(k_pixels, source_wh, render_hw) -> np.ndarray:
+  """Source-view pixel K → render-pixel K (§4.8 step 1, incl. the centre-crop aspect rule). → [3, 3]."""
+  cameras, _, _ = _geometry()
+  (sw, sh), (rh, rw) = source_wh, render_hw
+  return cameras.render_intrinsics(cameras.normalize_intrinsics(k_pixels, sw, sh), rw, rh, sw / sh)
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_renderer(render_hw, out_hw):
+  """jit(vmap over cameras × frames) of the §4.8 renderer; cached per resolution (one compile per shape)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  _, _, render = _geometry()
+
+  def one(xyz, rgb, k, c2w):
+    return render.render_view(xyz, rgb, k, c2w, render_hw, out_hw)
+
+  over_frames = jax.vmap(one, in_axes=(0, 0, None, 0))          # [T, P, 3], [T, P, 3], K, [T, 4, 4]
+  over_cams = jax.vmap(over_frames, in_axes=(None, None, None, 0))  # cameras [C, T, 4, 4]
+
+  @jax.jit
+  def render_clip(xyz, rgb_u8, k, cams):
+    return over_cams(xyz, rgb_u8.astype(jnp.float32) / 255.0, k, cams)
+
+  return render_clip
+
+
+@functools.lru_cache(maxsize=4)
+def _jitted_unproject():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  @jax.jit
+  def unproject(depth, k, c2w):
+    """depth [T, V, H, W] planar, k [V, 3, 3], c2w [T, V, 4, 4] → world xyz [T, V·H·W, 3] (§4.4)."""
+    t, v, h, w = depth.shape
+    vv, uu = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing='ij')
+    x = (uu - k[:, None, None, 0, 2]) / k[:, None, None, 0, 0]
+    y = (vv - k[:, None, None, 1, 2]) / k[:, None, None, 1, 1]
+    cam = jnp.stack([x[None] * depth, y[None] * depth, depth], -1)        # [T, V, H, W, 3]
+    world = jnp.einsum('tvhwj,tvij->tvhwi', cam, c2w[..., :3, :3]) + c2w[:, :, None, None, :3, 3]
+    return world.reshape(t, v * h * w, 3)
+
+  return unproject
+
+
+def clip_points(data) -> tuple[np.ndarray, np.ndarray]:
+  """Merged clouds of the clip: xyz [T, P, 3] f32, rgb [T, P, 3] uint8 (P = V·H·W, every pixel, §4.4)."""
+  if 'xyz' in data:
+    return data['xyz'], data['rgb']
+  t, v, h, w = data['depth'].shape
+  xyz = _jitted_unproject()(data['depth'], data['intrinsics'], data['extrinsics'])
+  return xyz, data['rgb'].reshape(t, v * h * w, 3)
+
+
+def _source_wh(data):
+  if 'source_size' in data:
+    return data['source_size']
+  return data['depth'].shape[-1], data['depth'].shape[-2]
+
+
+def render_kubric_views(data, clip, cfg) -> tuple[np.ndarray, np.ndarray]:
+  """§4.5: input and target both rendered from the merged cloud; intrinsics of the dataset cameras."""
+  xyz, rgb = clip_points(data)
+  k = render_intrinsics(data['intrinsics'][0], _source_wh(data), (cfg.render_height, cfg.render_width))
+  cams = np.stack([clip['src_camera'], clip['dst_camera']]).astype(np.float32)
+  out = _jitted_renderer((cfg.render_height, cfg.render_width), (cfg.height, cfg.width))(
+      xyz, rgb, k.astype(np.float32), cams)
+  out = np.asarray(out)
+  return out[0], out[1]
+
+
+def render_pardom_views(data, clip, cfg) -> tuple[np.ndarray, np.ndarray]:
+  """§4.6: input = the real ego (yaw-0) frames, centre-cropped to 3:2 and resized; target rendered from the
+  merged cloud with yaw-60's intrinsics (`avail_intrinsics[-2:-1]`, §6.13)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  xyz, rgb = clip_points(data)
+  num_views = data['intrinsics'].shape[0]
+  src_view = num_views - 3  # sorted order ends with yaw-0, yaw-60, yaw-neg-60
+  sw, sh = _source_wh(data)
+  frames = (data['rgb'][:, src_view] if 'depth' in data else
+            rgb.reshape(rgb.shape[0], num_views, sh, sw, 3)[:, src_view])
+  crop_h = min(sh, int(round(sw * cfg.height / cfg.width)))
+  crop_w = min(sw, int(round(sh * cfg.width / cfg.height)))
+  y0, x0 = (sh - crop_h) // 2, (sw - crop_w) // 2
+  frames = frames[:, y0:y0 + crop_h, x0:x0 + crop_w].astype(np.float32) / 255.0
+  src = np.asarray(jax.image.resize(frames, (frames.shape[0], cfg.height, cfg.width, 3), 'linear', antialias=False))
+  k = render_intrinsics(data['intrinsics'][PD_INTRINSICS_VIEW], (sw, sh), (cfg.render_height, cfg.render_width))
+  out = _jitted_renderer((cfg.render_height, cfg.render_width), (cfg.height, cfg.width))(
+      xyz, rgb, k.astype(np.float32), clip['dst_camera'][None].astype(np.float32))
+  clip['src_view_idx'] = src_view
+  return np.clip(src, 0.0, 1.0), np.asarray(out)[0]
+
+
+def sample_kubric_clip(rng: np.random.Generator, num_scene_frames: int, cfg) -> dict:
+  """§4.5 clip + trajectory sampling (gcd_jax.geometry), plus §1.4's 6-DoF relative pose."""
+  cameras, trajectory, _ = _geometry()
+  clip = trajectory.sample_kubric_clip_and_trajectory(rng, num_scene_frames, cfg.num_frames, cfg.trajectory)
+  clip['scaled_relative_pose'] = cameras.relative_pose(clip['src_camera'], clip['dst_camera'])
+  return clip

@@ -1,0 +1,194 @@
+"""TFDS (ArrayRecord, no TensorFlow) → Grain pipeline: §4.10 batches, determinism, sharding, save/restore."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from data_pipelines import input_pipeline, kubric4d, pointcloud_store, tfds_builders
+from tests.fixtures_data import kubric_root  # noqa: F401  (session fixture)
+
+
+@pytest.fixture(scope='session')
+def kubric_tfds(kubric_root, tmp_path_factory):  # noqa: F811
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  tfds_builders.build('kubric_4d', data_dir=data_dir, config='tiny', manual_dir=kubric_root)
+  return data_dir
+
+
+def tiny_cfg(data_dir, **kw):
+  cfg = input_pipeline.data_config('tiny')
+  cfg.dataset, cfg.builder_config, cfg.data_dir = 'kubric_4d', 'tiny', data_dir
+  cfg.height, cfg.width, cfg.render_height, cfg.render_width = 16, 24, 28, 42
+  cfg.batch_size, cfg.shard_index, cfg.shard_count, cfg.num_threads = 2, 0, 1, 1
+  for k, v in kw.items():
+    cfg[k] = v
+  return cfg
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def _assert_batches_equal(a, b):
+  for x, y in zip(a, b):
+    assert x.keys() == y.keys()
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+def test_tfds_records_without_tensorflow(kubric_tfds, kubric_root):  # noqa: F811
+  with pytest.raises(ImportError):
+    import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  assert 'tensorflow' not in sys.modules
+  builder = tfds_builders.get_builder('kubric_4d', data_dir=kubric_tfds, config='tiny')
+  index = tfds_builders.frame_index(builder, 'train')
+  assert [(i, n, len(f), p) for i, n, f, p in index] == [(0, 'scn00000', 6, 0), (1, 'scn00001', 6, 6),
+                                                        (2, 'scn00002', 6, 12)]
+  rec = builder.as_data_source(split='train')[6 + 4]
+  assert int(rec['id']) == 1004 and int(rec['frame']) == 4
+  scene = kubric4d.KubricScene(kubric_root, 1)
+  np.testing.assert_array_equal(rec['rgb'][2], scene.rgb(2, 4))
+  np.testing.assert_allclose(rec['extrinsics'][3], scene.extrinsics(3)[4], atol=1e-6)
+  # Stored depth is planar (ray depth corrected as §4.4), so unprojection = the point-cloud store's xyz.
+  pcl = pointcloud_store.build_frame_pointcloud(scene, 4)
+  pts = pointcloud_store.unproject_to_world(rec['depth'][1], rec['intrinsics'][1].astype(np.float64),
+                                            rec['extrinsics'][1].astype(np.float64))
+  np.testing.assert_allclose(pts, pcl['xyz'][1].astype(np.float64), atol=0.02)
+
+
+def test_batch_matches_spec(kubric_tfds):
+  cfg = tiny_cfg(kubric_tfds)
+  (b,) = _take(input_pipeline.make_iterator(cfg), 1)
+  bs, t, h, w = 2, 4, 16, 24
+  for key in ('jpg', 'cond_frames_without_noise', 'cond_frames'):
+    assert b[key].shape == (bs, t, h, w, 3) and b[key].dtype == np.float32, key
+  assert b['jpg'].min() >= -1 and b['jpg'].max() <= 1 and b['jpg'].std() > 0.05
+  assert b['cond_frames_without_noise'].min() >= -1 and b['cond_frames_without_noise'].max() <= 1
+  noise = b['cond_frames'] - b['cond_frames_without_noise']
+  assert abs(noise.std() - 0.02) < 0.002 and abs(noise.mean()) < 0.002  # cond_aug·N(0,1) (§1.3)
+  for key, dtype in (('fps_id', np.int32), ('motion_bucket_id', np.int32), ('cond_aug', np.float32),
+                     ('image_only_indicator', np.float32)):
+    assert b[key].shape == (bs, t) and b[key].dtype == dtype, key
+  assert np.all(b['image_only_indicator'] == 0) and np.all(b['cond_aug'] == np.float32(0.02))
+  assert b['scaled_relative_angles'].shape == (bs, t, 3)
+  assert b['scaled_relative_pose'].shape == (bs, t, 3, 4)
+  # Gradual trajectory: frame 0 has the source pose (Δ = 0, relative pose = identity), §6.19.
+  np.testing.assert_allclose(b['scaled_relative_angles'][:, 0], 0, atol=1e-6)
+  np.testing.assert_allclose(b['scaled_relative_pose'][:, 0], np.tile(np.eye(4)[:3], (bs, 1, 1)), atol=1e-5)
+  skip, start = b['frame_skip'], b['frame_start']
+  assert b['frame_skip'].shape == (bs,) and b['clip_frames'].shape == (bs, t)
+  for i in range(bs):
+    expect = start[i] + skip[i] * np.arange(t)
+    got = b['clip_frames'][i][::-1] if b['reverse'][i] else b['clip_frames'][i]
+    np.testing.assert_array_equal(got, expect)
+    assert np.all(b['fps_id'][i] == round(24 / skip[i]))  # §1.3 fps_id = round(24 / skip)
+    assert np.all(b['motion_bucket_id'][i] == b['motion_bucket_id'][i, 0]) and 0 <= b['motion_bucket_id'][i, 0] <= 255
+  assert np.all(b['dset'] == 1) and set(b['scene_idx']) <= {0, 1, 2}
+
+
+def test_deterministic_given_seed(kubric_tfds):
+  a = _take(input_pipeline.make_iterator(tiny_cfg(kubric_tfds, seed=3)), 2)
+  b = _take(input_pipeline.make_iterator(tiny_cfg(kubric_tfds, seed=3, num_threads=2)), 2)
+  _assert_batches_equal(a, b)
+  c = _take(input_pipeline.make_iterator(tiny_cfg(kubric_tfds, seed=4)), 1)
+  assert not np.array_equal(a[0]['cond_frames'], c[0]['cond_frames'])
+
+
+def test_iterator_save_restore_exact(kubric_tfds, tmp_path):
+  import grain  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  cfg = tiny_cfg(kubric_tfds, seed=1)
+  it = input_pipeline.make_iterator(cfg)
+  _take(it, 2)
+  state = it.get_state()
+  mngr = ocp.CheckpointManager(str(tmp_path / 'ckpt'), item_names=('data',),
+                               item_handlers={'data': input_pipeline.checkpoint_handler()})
+  mngr.save(2, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+  mngr.wait_until_finished()
+  expected = _take(it, 2)
+  fresh = input_pipeline.make_iterator(cfg)
+  fresh.set_state(state)
+  _assert_batches_equal(_take(fresh, 2), expected)
+  restored = input_pipeline.make_iterator(cfg)
+  mngr.restore(2, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(restored)))
+  _assert_batches_equal(_take(restored, 2), expected)
+  mngr.close()
+
+
+def test_two_hosts_see_disjoint_data(kubric_tfds):
+  seen = []
+  for shard in (0, 1):
+    cfg = tiny_cfg(kubric_tfds, shard_index=shard, shard_count=2, batch_size=1)
+    ds = input_pipeline.make_dataset(cfg)
+    seen.append([int(ds[i]['idx'][0]) for i in range(3)])
+  assert seen == [[0, 2, 4], [1, 3, 5]]
+  # Two epochs of 3 scenes = 6 global examples: each scene appears once per epoch across both hosts.
+  maker = input_pipeline.make_dataset(tiny_cfg(kubric_tfds, batch_size=1))
+  del maker
+  cfg = tiny_cfg(kubric_tfds)
+  src = input_pipeline.make_source(cfg)
+  m = input_pipeline.ExampleMaker(cfg, src)
+  for epoch in range(2):
+    assert sorted(m.scene_position(epoch * 3 + i) for i in range(3)) == [0, 1, 2]
+
+
+def test_pointcloud_source_matches_tfds_source(kubric_tfds, kubric_root, tmp_path):  # noqa: F811
+  for i in range(3):
+    pointcloud_store.build_scene_store(kubric4d.KubricScene(kubric_root, i), str(tmp_path))
+  cfg_t = tiny_cfg(kubric_tfds, seed=5)
+  cfg_p = tiny_cfg(kubric_tfds, seed=5, source='pointcloud', pcl_root=str(tmp_path))
+  a = input_pipeline.make_dataset(cfg_t)[0]
+  b = input_pipeline.make_dataset(cfg_p)[0]
+  for k in ('scene_idx', 'clip_frames', 'scaled_relative_angles', 'fps_id', 'motion_bucket_id'):
+    np.testing.assert_array_equal(a[k], b[k])
+  # Same clouds up to float16 storage of xyz (the reference's format): renders agree closely.
+  diff = np.abs(a['jpg'] - b['jpg'])
+  assert diff.mean() < 0.02, diff.mean()
+
+
+def test_worker_processes_match_in_process(kubric_tfds):
+  cfg = tiny_cfg(kubric_tfds, seed=2)
+  expected = _take(input_pipeline.make_iterator(cfg), 2)
+  cfg.num_workers = 1
+  it = input_pipeline.make_iterator(cfg)
+  got = _take(it, 2)
+  _assert_batches_equal(got, expected)
+  assert it.get_state() is not None
+
+
+def test_data_command_show(kubric_tfds, kubric_root, tmp_path):  # noqa: F811
+  from gcd_jax.cli import main  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path / 'preview.mp4')
+  rc = main(['data', 'show', 'kubric_4d', '--data-dir', kubric_tfds, '--config', 'tiny', '--out', out,
+             '--preset', 'tiny,height=32,width=48,render_height=35,render_width=52'])
+  assert rc == 0 and os.path.getsize(out) > 0
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  grid = np.asarray(Image.open(str(tmp_path / 'preview.png')))
+  assert grid.shape == (64, 4 * 48 + 64, 3)
+  rc = main(['data', 'show', 'kubric_4d', '--data-dir', str(tmp_path / 'nowhere'), '--config', 'tiny',
+             '--out', out])
+  assert rc == 1
+
+
+def test_pardom_pipeline(tmp_path):
+  from data_pipelines import splits  # pylint: disable=g-import-not-at-top
+  from tests.fixtures_data import write_pardom_fixture  # pylint: disable=g-import-not-at-top
+  raw = str(tmp_path / 'pd')
+  for i in (1, 2):
+    write_pardom_fixture(raw, i, num_frames=10, height=24, width=32)
+  splits.write_pardom_split(os.path.join(raw, 'pardom_datasplit.json'), ['scene_000001', 'scene_000002'],
+                            ['scene_000002'], ['scene_000001'])
+  data_dir = str(tmp_path / 'tfds')
+  tfds_builders.build('pardom_4d', data_dir=data_dir, config='tiny', manual_dir=raw)
+  cfg = tiny_cfg(data_dir, dataset='pardom_4d', trajectory='pardom_gradual', batch_size=1)
+  ex = input_pipeline.make_dataset(cfg)[0]
+  assert np.all(ex['dset'] == 2) and np.all(ex['motion_bucket_id'] == 127)  # §4.6
+  skip = int(ex['frame_skip'][0])
+  assert skip in (1, 2) and np.all(ex['fps_id'] == round(10 / skip)) and np.all(ex['scaled_relative_angles'] == 0)
+  assert int(ex['src_view_idx'][0]) == 3  # yaw-0 in the sorted camera list of the fixture
+  # Input = the real yaw-0 frames (4:3 → centre crop to 3:2 → resize), target frame 0 = ego-forward camera.
+  np.testing.assert_allclose(ex['src_camera'][0, 0, :3, 3], (1.6, 0, 1.55))
+  np.testing.assert_allclose(ex['dst_camera'][0, -1, :3, 3], (-8, 0, 8))
+  assert ex['jpg'].shape == (1, 4, 16, 24, 3) and ex['cond_frames_without_noise'].min() >= -1
