@@ -199,9 +199,6 @@ def make_source(cfg):
 
 # ------------------------------------------------------------------------------------------------ examples
 
-PD_SRC_POSITION, PD_SRC_LOOK_AT = (1.60, 0.0, 1.55), (6.60, 0.0, 1.55)   # ego_forward (§4.6)
-PD_DST_POSITION, PD_DST_LOOK_AT = (-8.0, 0.0, 8.0), (5.60, 0.0, 1.55)    # topdown1
-PD_INPUT_VIEW = 'yaw-0'
 PD_INTRINSICS_VIEW = -2  # avail_intrinsics[-2:-1] = sorted view 17 = yaw-60 (§4.6, §6.13)
 
 
@@ -243,8 +240,7 @@ class ExampleMaker:
     scene_idx, name, frames = self.source.scene(pos)
     is_pd = self.cfg.dataset == 'pardom_4d'
     for _ in range(100):  # the reference retries failed samples (§4.5); here: clips hitting missing PD frames
-      clip = (sample_pardom_clip(rng, len(frames) and max(frames) + 1, self.cfg.num_frames) if is_pd else
-              sample_kubric_clip(rng, max(frames) + 1, self.cfg))
+      clip = sample_clip_and_cameras(rng, max(frames) + 1, self.cfg)
       if all(int(t) in frames for t in clip['clip_frames']):
         break
     else:
@@ -272,7 +268,7 @@ class ExampleMaker:
         'scene_idx': np.int32(scene_idx),
         'frame_start': np.int32(clip['frame_start']),
         'frame_skip': np.int32(clip['frame_skip']),
-        'reverse': np.int32(clip['reverse']),
+        'reverse': np.int32(bool(clip['reverse'])),
         'clip_frames': np.asarray(clip['clip_frames'], np.int32),
         'src_view_idx': np.int32(clip.get('src_view_idx', -1)),
         'dst_view_idx': np.int32(clip.get('dst_view_idx', -1)),
@@ -337,35 +333,12 @@ def checkpoint_handler():
 
 def _geometry():
   """The camera/trajectory/renderer implementation (gcd_jax.geometry, §4.5–4.9)."""
-  from gcd_jax.geometry import cameras  # pylint: disable=g-import-not-at-top
+  from gcd_jax.geometry import cameras, trajectory  # pylint: disable=g-import-not-at-top
   try:
-    from gcd_jax.geometry import render, trajectory  # pylint: disable=g-import-not-at-top
+    from gcd_jax.geometry import render  # pylint: disable=g-import-not-at-top
   except ImportError:  # DEV ONLY
-    from data_pipelines._geometry_fallback import render, trajectory  # pylint: disable=g-import-not-at-top
+    from data_pipelines._geometry_fallback import render  # pylint: disable=g-import-not-at-top
   return cameras, trajectory, render
-
-
-def sample_pardom_clip(rng: np.random.Generator, num_scene_frames: int, num_frames: int) -> dict:
-  """§4.6: skip ∈ {1, 2}, start ∈ [0, F − (skip·(T−1)+1) − 1], fps = round(10/skip); ego-forward → topdown1
-  with the sine blend of positions and look-at points over move_time = T−1 frames; no reverse."""
-  cameras, _, _ = _geometry()
-  skip = int(rng.integers(1, 3))
-  cover = skip * (num_frames - 1) + 1
-  max_start = max(num_scene_frames - cover - 1, 0)
-  start = int(rng.integers(0, max_start + 1))
-  clip_frames = start + skip * np.arange(num_frames)
-  move_time = num_frames - 1
-  t = np.arange(num_frames)
-  alpha = np.where(t < move_time, (1 - np.cos(np.pi * t / move_time)) / 2, 1.0)[:, None]
-  src_p, src_l = np.array(PD_SRC_POSITION), np.array(PD_SRC_LOOK_AT)
-  dst_p = (1 - alpha) * src_p + alpha * np.array(PD_DST_POSITION)
-  dst_l = (1 - alpha) * src_l + alpha * np.array(PD_DST_LOOK_AT)
-  src = np.stack([cameras.extrinsics_from_look_at(src_p, src_l)] * num_frames)
-  dst = np.stack([cameras.extrinsics_from_look_at(p, l) for p, l in zip(dst_p, dst_l)])
-  return {'frame_start': start, 'frame_skip': skip, 'reverse': 0, 'clip_frames': clip_frames,
-          'fps': round(PARDOM_FPS / skip), 'motion_bucket_id': 127,
-          'scaled_relative_angles': np.zeros((num_frames, 3)), 'scaled_relative_pose': cameras.relative_pose(src, dst),
-          'src_camera': src, 'dst_camera': dst}
 
 
 def render_intrinsics(k_pixels, source_wh, render_hw) -> np.ndarray:
@@ -462,9 +435,22 @@ def render_pardom_views(data, clip, cfg) -> tuple[np.ndarray, np.ndarray]:
   return np.clip(src, 0.0, 1.0), np.asarray(out)[0]
 
 
-def sample_kubric_clip(rng: np.random.Generator, num_scene_frames: int, cfg) -> dict:
-  """§4.5 clip + trajectory sampling (gcd_jax.geometry), plus §1.4's 6-DoF relative pose."""
-  cameras, trajectory, _ = _geometry()
-  clip = trajectory.sample_kubric_clip_and_trajectory(rng, num_scene_frames, cfg.num_frames, cfg.trajectory)
-  clip['scaled_relative_pose'] = cameras.relative_pose(clip['src_camera'], clip['dst_camera'])
+@functools.lru_cache(maxsize=64)
+def _trajectory_config(preset: str, num_frames: int, total_frames: int):
+  _, trajectory, _ = _geometry()
+  tcfg = trajectory.trajectory_config(preset)
+  tcfg.num_frames, tcfg.total_frames = int(num_frames), int(total_frames)
+  return tcfg
+
+
+def sample_clip_and_cameras(rng: np.random.Generator, num_scene_frames: int, cfg) -> dict:
+  """§4.5 (Kubric-like) / §4.6 (PD) clip + camera sampling by gcd_jax.geometry.trajectory, with the scene's
+  own frame count. Adds src_camera / dst_camera [T, 4, 4] (camera-to-world)."""
+  _, trajectory, _ = _geometry()
+  tcfg = _trajectory_config(cfg.trajectory, cfg.num_frames, num_scene_frames)
+  if tcfg.dataset == 'pardom':
+    clip = trajectory.sample_pardom_clip_and_trajectory(rng, tcfg)
+  else:
+    clip = trajectory.sample_kubric_clip_and_trajectory(rng, tcfg)
+  clip['src_camera'], clip['dst_camera'] = clip['src_c2w'], clip['dst_c2w']
   return clip

@@ -21,33 +21,10 @@ import tempfile
 
 import numpy as np
 
+from gcd_jax.geometry import pointcloud
+
 # float16 max is 65504; the reference clamps PD depth to 30000 m before unprojection (§4.4).
 MAX_DEPTH = 30000.0
-
-
-def ray_to_planar_depth(depth: np.ndarray, fx: float, fy: float) -> np.ndarray:
-  """Kubric ray distance → planar camera z, as `correct_depth_ball_plane_torch` (§4.4, §6.10).
-
-  The per-pixel angles are linearly spaced over the FOV (not exact per-pixel atan), reproducing the
-  reference's approximation. depth: [H, W] → [H, W] float32.
-  """
-  h, w = depth.shape[-2:]
-  fov_x = 2.0 * np.arctan(w / (2.0 * fx))
-  fov_y = 2.0 * np.arctan(h / (2.0 * fy))
-  tx = np.tan(np.linspace(-fov_x / 2, fov_x / 2, w))
-  ty = np.tan(np.linspace(-fov_y / 2, fov_y / 2, h))
-  scale = np.sqrt(tx[None, :] ** 2 + ty[:, None] ** 2 + 1.0)
-  return (depth / scale).astype(np.float32)
-
-
-def unproject_to_world(depth: np.ndarray, intrinsics: np.ndarray, cam_to_world: np.ndarray) -> np.ndarray:
-  """Planar depth [H, W] → world points [H·W, 3] float64 (pixel centres at integer coords, §4.4/§4.9)."""
-  h, w = depth.shape
-  v, u = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing='ij')
-  z = depth.astype(np.float64)
-  k = intrinsics
-  xc = np.stack([(u - k[0, 2]) * z / k[0, 0], (v - k[1, 2]) * z / k[1, 1], z], -1).reshape(-1, 3)
-  return xc @ cam_to_world[:3, :3].T + cam_to_world[:3, 3]
 
 
 def build_frame_pointcloud(scene, frame: int) -> dict[str, np.ndarray]:
@@ -60,15 +37,15 @@ def build_frame_pointcloud(scene, frame: int) -> dict[str, np.ndarray]:
     ext = scene.extrinsics(v)
     c2w = ext[frame] if ext.ndim == 3 else ext
     depth = scene.depth(v, frame)
-    if is_kubric:
-      depth = ray_to_planar_depth(depth, k[0, 0], k[1, 1])
+    if is_kubric:  # ray distance → planar z with the reference's linspace-angle approximation (§6.10)
+      depth = pointcloud.correct_depth_ball_plane(depth, k)
       _, seg_colors = scene.segmentation(v, frame)
       segm.append(seg_colors.reshape(-1, 3))
     else:
       depth = np.minimum(depth, MAX_DEPTH)
       segm.append(scene.semantic(v, frame).reshape(-1, 1))
       tag.append(np.full((depth.size, 1), v, np.uint8))
-    xyz.append(unproject_to_world(depth, k, c2w).astype(np.float16))
+    xyz.append(pointcloud.unproject_depth(depth, k, c2w).astype(np.float16))
     rgb.append(scene.rgb(v, frame).reshape(-1, 3))
   out = {'xyz': np.stack(xyz), 'rgb': np.stack(rgb), 'segm': np.stack(segm)}
   if tag:

@@ -33,7 +33,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipelines import kubric4d, pardom4d, splits
-from data_pipelines.pointcloud_store import MAX_DEPTH, ray_to_planar_depth
+from data_pipelines.pointcloud_store import MAX_DEPTH
+from gcd_jax.geometry import pointcloud
 
 DSET_KUBRIC = 1
 DSET_PARDOM = 2
@@ -69,7 +70,7 @@ def scene_frame_record(scene, frame: int, split: str) -> dict:
     e = scene.extrinsics(v)
     d = scene.depth(v, frame)
     if is_kubric:
-      d = ray_to_planar_depth(d, k[0, 0], k[1, 1])
+      d = pointcloud.correct_depth_ball_plane(d, k)
       segm.append(scene.segmentation(v, frame)[0])
     else:
       d = np.minimum(d, MAX_DEPTH)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from data_pipelines import kubric4d, pardom4d, pointcloud_store, splits
+from gcd_jax.geometry import pointcloud
 from tests.fixtures_data import (kubric_root, pardom_root, kubric_view_pose, raycast,  # noqa: F401
                                  write_kubric_fixture, write_pardom_fixture, PD_CAMERAS)
 
@@ -75,14 +76,14 @@ def test_ray_to_planar_depth_and_unprojection(kubric_root):
   # Exact planar depth gives exact points: the correction is the only approximation.
   k, c2w = scene.intrinsics(0), scene.extrinsics(0)[2]
   _, planar, _, ids0 = raycast(k, c2w, 24, 36, 2)
-  pts = pointcloud_store.unproject_to_world(planar, k, c2w)
+  pts = pointcloud.unproject_depth(planar, k, c2w)
   assert np.abs(pts[ids0.reshape(-1) == 1, 2]).max() < 1e-5  # float32 depth rounding
   dist, _, _, _ = raycast(k, c2w, 24, 36, 2)
-  approx = pointcloud_store.ray_to_planar_depth(dist, k[0, 0], k[1, 1])
+  approx = pointcloud.correct_depth_ball_plane(dist, k)
   rel = np.abs(approx / planar - 1)
   assert rel.max() < 0.02, rel.max()  # linear-angle approximation error at 36×24: 1.7 % in the corners
   # Centre pixel: ray and plane depth agree (θ ≈ 0).
-  corr = pointcloud_store.ray_to_planar_depth(np.ones((24, 36), np.float32), k[0, 0], k[1, 1])
+  corr = pointcloud.correct_depth_ball_plane(np.ones((24, 36), np.float32), k)
   assert corr.max() <= 1.0 and corr[12, 18] > 0.999
 
 

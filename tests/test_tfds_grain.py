@@ -53,9 +53,15 @@ def test_tfds_records_without_tensorflow(kubric_tfds, kubric_root):  # noqa: F81
   np.testing.assert_allclose(rec['extrinsics'][3], scene.extrinsics(3)[4], atol=1e-6)
   # Stored depth is planar (ray depth corrected as §4.4), so unprojection = the point-cloud store's xyz.
   pcl = pointcloud_store.build_frame_pointcloud(scene, 4)
-  pts = pointcloud_store.unproject_to_world(rec['depth'][1], rec['intrinsics'][1].astype(np.float64),
-                                            rec['extrinsics'][1].astype(np.float64))
-  np.testing.assert_allclose(pts, pcl['xyz'][1].astype(np.float64), atol=0.02)
+  from gcd_jax.geometry import pointcloud  # pylint: disable=g-import-not-at-top
+  pts = pointcloud.unproject_depth(rec['depth'][1], rec['intrinsics'][1], rec['extrinsics'][1])
+  np.testing.assert_allclose(pts, pcl['xyz'][1].astype(np.float64), atol=0.02)  # float16 storage
+  # The pipeline's batched JAX unprojection (speed) equals the geometry reference, float32 accuracy.
+  data = {'depth': rec['depth'][None], 'intrinsics': rec['intrinsics'], 'extrinsics': rec['extrinsics'][None],
+          'rgb': rec['rgb'][None]}
+  xyz, rgb = input_pipeline.clip_points(data)
+  np.testing.assert_allclose(np.asarray(xyz)[0, 24 * 36:2 * 24 * 36], pts, atol=2e-5 * 25)
+  np.testing.assert_array_equal(rgb[0, 24 * 36:2 * 24 * 36], rec['rgb'][1].reshape(-1, 3))
 
 
 def test_batch_matches_spec(kubric_tfds):
