@@ -176,10 +176,10 @@ class PointCloudSceneSource:
     return scene_idx, name, frames
 
   def load_clip(self, pos: int, frames) -> dict[str, np.ndarray]:
-    """→ xyz [T, P, 3] f32, colors [T, P, 3] uint8, intrinsics [V, 3, 3] (pixels of the source views)."""
+    """→ xyz [T, P, 3] float16 (as stored), rgb [T, P, 3] uint8, intrinsics [V, 3, 3] (source-view pixels)."""
     _, name, _, cams = self.scenes[pos]
     pcls = [self.store.frame(name, int(t)) for t in frames]
-    return {'xyz': np.stack([p['xyz'].reshape(-1, 3) for p in pcls]).astype(np.float32),
+    return {'xyz': np.stack([p['xyz'].reshape(-1, 3) for p in pcls]),
             'rgb': np.stack([p['rgb'].reshape(-1, 3) for p in pcls]),
             'intrinsics': np.asarray(cams['intrinsics'], np.float32),
             'source_size': (int(cams['width']), int(cams['height'])), 'dset': self.dset}
@@ -251,10 +251,10 @@ class ExampleMaker:
     else:
       src_frames, dst_frames = render_kubric_views(data, clip, self.cfg)
     t = self.cfg.num_frames
-    cond = to_model_range(src_frames)
+    cond = np.asarray(src_frames, np.float32)
     noise = rng.standard_normal(cond.shape, dtype=np.float32)
     return {
-        'jpg': to_model_range(dst_frames).astype(np.float32),
+        'jpg': np.asarray(dst_frames, np.float32),
         'cond_frames_without_noise': cond.astype(np.float32),
         'cond_frames': (cond + self.cfg.cond_aug * noise).astype(np.float32),
         'fps_id': np.full((t,), clip['fps'], np.int32),
@@ -333,11 +333,7 @@ def checkpoint_handler():
 
 def _geometry():
   """The camera/trajectory/renderer implementation (gcd_jax.geometry, §4.5–4.9)."""
-  from gcd_jax.geometry import cameras, trajectory  # pylint: disable=g-import-not-at-top
-  try:
-    from gcd_jax.geometry import render  # pylint: disable=g-import-not-at-top
-  except ImportError:  # DEV ONLY
-    from data_pipelines._geometry_fallback import render  # pylint: disable=g-import-not-at-top
+  from gcd_jax.geometry import cameras, render, trajectory  # pylint: disable=g-import-not-at-top
   return cameras, trajectory, render
 
 
@@ -350,20 +346,29 @@ def render_intrinsics(k_pixels, source_wh, render_hw) -> np.ndarray:
 
 @functools.lru_cache(maxsize=16)
 def _jitted_renderer(render_hw, out_hw):
-  """jit(vmap over cameras × frames) of the §4.8 renderer; cached per resolution (one compile per shape)."""
+  """jit of the §4.8 renderer over cameras × frames; cached per resolution (one compile per shape).
+
+  Frames go through `lax.map` (sequential) and the cameras of one frame through `vmap`: a full Kubric
+  frame has 16·576·384 = 3.5 M points, so vmapping all T·C renders would need several GB of scratch.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   _, _, render = _geometry()
 
   def one(xyz, rgb, k, c2w):
-    return render.render_view(xyz, rgb, k, c2w, render_hw, out_hw)
-
-  over_frames = jax.vmap(one, in_axes=(0, 0, None, 0))          # [T, P, 3], [T, P, 3], K, [T, 4, 4]
-  over_cams = jax.vmap(over_frames, in_axes=(None, None, None, 0))  # cameras [C, T, 4, 4]
+    return render.render_view(xyz, rgb, k, c2w, render_height=render_hw[0], render_width=render_hw[1],
+                              out_height=out_hw[0], out_width=out_hw[1])
 
   @jax.jit
   def render_clip(xyz, rgb_u8, k, cams):
-    return over_cams(xyz, rgb_u8.astype(jnp.float32) / 255.0, k, cams)
+    """xyz [T, P, 3] (f16/f32), rgb_u8 [T, P, 3], k [3, 3] render pixels, cams [C, T, 4, 4]
+    → [C, T, H, W, 3] in [−1, 1]. Per-frame casts keep the whole clip in its compact storage dtypes."""
+    def frame(args):
+      x, c, cam_t = args  # [P, 3], [P, 3], [C, 4, 4]
+      return jax.vmap(one, in_axes=(None, None, None, 0))(x.astype(jnp.float32), c.astype(jnp.float32) / 255.0,
+                                                           k, cam_t)
+    out = jax.lax.map(frame, (xyz, rgb_u8, jnp.swapaxes(cams, 0, 1)))  # [T, C, H, W, 3]
+    return jnp.swapaxes(out, 0, 1)
 
   return render_clip
 
@@ -403,7 +408,8 @@ def _source_wh(data):
 
 
 def render_kubric_views(data, clip, cfg) -> tuple[np.ndarray, np.ndarray]:
-  """§4.5: input and target both rendered from the merged cloud; intrinsics of the dataset cameras."""
+  """§4.5: input and target both rendered from the merged cloud; intrinsics of the dataset cameras.
+  → (input, target) [T, H, W, 3] in [−1, 1]."""
   xyz, rgb = clip_points(data)
   k = render_intrinsics(data['intrinsics'][0], _source_wh(data), (cfg.render_height, cfg.render_width))
   cams = np.stack([clip['src_camera'], clip['dst_camera']]).astype(np.float32)
@@ -415,7 +421,7 @@ def render_kubric_views(data, clip, cfg) -> tuple[np.ndarray, np.ndarray]:
 
 def render_pardom_views(data, clip, cfg) -> tuple[np.ndarray, np.ndarray]:
   """§4.6: input = the real ego (yaw-0) frames, centre-cropped to 3:2 and resized; target rendered from the
-  merged cloud with yaw-60's intrinsics (`avail_intrinsics[-2:-1]`, §6.13)."""
+  merged cloud with yaw-60's intrinsics (`avail_intrinsics[-2:-1]`, §6.13). → [T, H, W, 3] × 2 in [−1, 1]."""
   import jax  # pylint: disable=g-import-not-at-top
   xyz, rgb = clip_points(data)
   num_views = data['intrinsics'].shape[0]
@@ -432,7 +438,7 @@ def render_pardom_views(data, clip, cfg) -> tuple[np.ndarray, np.ndarray]:
   out = _jitted_renderer((cfg.render_height, cfg.render_width), (cfg.height, cfg.width))(
       xyz, rgb, k.astype(np.float32), clip['dst_camera'][None].astype(np.float32))
   clip['src_view_idx'] = src_view
-  return np.clip(src, 0.0, 1.0), np.asarray(out)[0]
+  return to_model_range(np.clip(src, 0.0, 1.0)), np.asarray(out)[0]
 
 
 @functools.lru_cache(maxsize=64)
