@@ -1,0 +1,262 @@
+r"""Custom videos → new camera views (the reference's `scripts/infer.py`, gcd_spec.md §5.6).
+
+  gcd-jax sample --checkpoint ckpt/gcd_kubric --input my_video.mp4 --azimuth 30 --elevation 15 \
+      --radius 0 --gradual --out out/my_video
+
+Flow (infer.py): clip_frames = frame_start + stride·[0..T−1]; load (video file, sorted image files of a
+folder, or one image repeated as a still); centre-crop to the W/H aspect; bilinear resize (OpenCV
+INTER_LINEAR = half-pixel centres, no antialias = `jax.image.resize(..., 'linear', antialias=False)`);
+[0, 1] → [-1, 1]. The camera moves from (0, 0, 0) to (Δaz°, Δel°, Δr) with the checkpoint's trajectory
+(`--gradual`: move_time = T−1, linear α; `--direct`: every frame at the end pose) → scaled_relative_angles;
+motion_bucket_id is recomputed from the train Δ ranges unless forced (§1.3, §6 item 17); fps_id =
+frame rate after subsampling. Everything that can be wrong with the input is checked before any model
+compute (`prepare_input`).
+
+Outputs in OUT: input.mp4, sample_{k}.mp4, side_by_side.mp4 (input | samples), trajectory.png (top and
+side views of the source and target cameras around the orbit centre), and info.json. Saving fps =
+(6 + frame_rate) // 2 as the reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+
+import numpy as np
+
+from gcd_jax.evaluate import media
+
+
+class InputError(ValueError):
+  """A user input that cannot be sampled from (reported before any compute)."""
+
+
+@dataclasses.dataclass
+class InputSpec:
+  path: str
+  num_frames: int = 14
+  frame_start: int = 0
+  frame_stride: int = 2
+  frame_width: int = 384
+  frame_height: int = 256
+  center_crop: bool = True
+
+  def clip_frames(self) -> np.ndarray:
+    return self.frame_start + self.frame_stride * np.arange(self.num_frames)
+
+
+def check_resolution(width: int, height: int) -> None:
+  if width <= 0 or height <= 0 or width % 64 or height % 64:
+    raise InputError(f'frame size {width}×{height} is not a multiple of 64 (the VAE/U-Net need it); use e.g. '
+                     '--frame-width 384 --frame-height 256')
+
+
+def validate_input(spec: InputSpec) -> dict:
+  """Cheap checks (no decoding of the whole video): → {'kind', 'num_frames', 'size'}."""
+  check_resolution(spec.frame_width, spec.frame_height)
+  if spec.frame_start < 0 or spec.frame_stride < 1:
+    raise InputError(f'--frame-start must be ≥ 0 and --frame-stride ≥ 1 (got {spec.frame_start}, '
+                     f'{spec.frame_stride})')
+  if not os.path.exists(spec.path):
+    raise InputError(f'input {spec.path} does not exist')
+  if os.path.isdir(spec.path):
+    kind = 'folder'
+  elif os.path.splitext(spec.path)[1].lower() in media.IMAGE_EXTENSIONS:
+    kind = 'image'
+  elif os.path.splitext(spec.path)[1].lower() in media.VIDEO_EXTENSIONS:
+    kind = 'video'
+  else:
+    raise InputError(f'input {spec.path}: unknown type; give a video ({", ".join(media.VIDEO_EXTENSIONS)}), '
+                     f'an image ({", ".join(media.IMAGE_EXTENSIONS)}) or a folder of images')
+  try:
+    n, size = media.count_and_size(spec.path)
+  except media.MediaError as e:
+    raise InputError(str(e)) from e
+  need = int(spec.clip_frames()[-1]) + 1
+  if n is not None and n < need:
+    raise InputError(f'{spec.path} has {n} frames but frame_start {spec.frame_start} + stride '
+                     f'{spec.frame_stride} × {spec.num_frames - 1} needs {need}; lower --frame-stride / '
+                     '--frame-start or give a longer video')
+  return {'kind': kind, 'num_frames': n, 'size': size}
+
+
+def center_crop_resize(frames_u8: np.ndarray, width: int, height: int, center_crop: bool = True) -> np.ndarray:
+  """uint8 [T, H, W, 3] → float32 [T, height, width, 3] in [0, 1] (centre crop to the aspect, bilinear)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  x = frames_u8.astype(np.float32) / 255.0
+  h, w = x.shape[1:3]
+  if center_crop:
+    if w / h > width / height:  # too wide → crop width
+      cw = int(round(h * width / height))
+      x0 = (w - cw) // 2
+      x = x[:, :, x0:x0 + cw]
+    elif w / h < width / height:
+      ch = int(round(w * height / width))
+      y0 = (h - ch) // 2
+      x = x[:, y0:y0 + ch]
+  if x.shape[1:3] != (height, width):
+    x = np.asarray(jax.image.resize(x, (x.shape[0], height, width, 3), 'linear', antialias=False))
+  return np.clip(x, 0.0, 1.0)
+
+
+def prepare_input(spec: InputSpec) -> np.ndarray:
+  """→ video in [0, 1], float32 [T, H, W, 3]."""
+  validate_input(spec)
+  try:
+    frames = media.read_frames(spec.path, spec.clip_frames())
+  except media.MediaError as e:
+    raise InputError(str(e)) from e
+  return center_crop_resize(frames, spec.frame_width, spec.frame_height, spec.center_crop)
+
+
+def camera_conditioning(delta, num_frames: int, *, gradual: bool, traj_cfg, motion_bucket: int = 127,
+                        force_motion_bucket: bool = False) -> dict:
+  """`eval_utils.construct_batch` camera part: → scaled_relative_angles [T, 3], motion_bucket_id, plus the
+  spherical src/dst used for the picture (relative to (0, 0, 0))."""
+  from gcd_jax.geometry import trajectory  # pylint: disable=g-import-not-at-top
+  delta = np.asarray(delta, np.float64)
+  if not np.all(np.isfinite(delta)):
+    raise InputError(f'camera delta {delta.tolist()} must be finite')
+  start = np.zeros(3)
+  move_time = num_frames - 1 if gradual else 0
+  src, dst = trajectory.construct_trajectory(start, delta, num_frames, move_time, traj_cfg.trajectory)
+  mb = int(motion_bucket)
+  lo, hi = traj_cfg.motion_bucket_range
+  if not force_motion_bucket and hi - lo > 0:
+    mb = trajectory.motion_bucket_id(start, delta, traj_cfg.delta_azimuth_range,
+                                     traj_cfg.delta_elevation_range, traj_cfg.motion_bucket_range)
+  return {'scaled_relative_angles': trajectory.relative_angles(src, dst), 'motion_bucket_id': mb,
+          'spherical_src': src, 'spherical_dst': dst}
+
+
+def trajectory_picture(path: str, spherical_dst: np.ndarray, *, base=(0.0, 10.0, 15.0), size=(640, 320)) -> str:
+  """Top view (x–y) and side view (x–z) of the input camera and the target camera path on the GCD orbit
+  (§1.4: centre (0, 0, 1), elevation = latitude). The input camera sits at `base` (az°, el°, r)."""
+  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
+  from gcd_jax.geometry import cameras  # pylint: disable=g-import-not-at-top
+  base = np.asarray(base, np.float64)
+  path_sph = base + np.asarray(spherical_dst, np.float64)
+  src_pos = cameras.camera_position_from_spherical(*base)
+  dst_pos = np.stack([cameras.camera_position_from_spherical(*p) for p in path_sph])
+  w, h = size
+  img = Image.new('RGB', (w, h), (255, 255, 255))
+  d = ImageDraw.Draw(img)
+  font = media._font(12)  # pylint: disable=protected-access
+  extent = float(max(np.abs(dst_pos).max(), np.abs(src_pos).max(), 1.0)) * 1.15
+  panels = (('top view (x, y)', 0, 1, 0), ('side view (x, z)', 0, 2, w // 2))
+  for title, a, b, x_off in panels:
+    pw = w // 2
+    cx, cy = x_off + pw / 2, h / 2 + 8
+    scale = (min(pw, h - 30) / 2 - 10) / extent
+
+    def p(v, cx=cx, cy=cy, scale=scale, a=a, b=b):
+      return cx + v[a] * scale, cy - v[b] * scale
+
+    d.text((x_off + 8, 4), title, fill=(0, 0, 0), font=font)
+    r = base[2] * scale
+    if a == 0 and b == 1:  # the orbit circle of the input radius
+      d.ellipse([cx - r, cy - r, cx + r, cy + r], outline=(200, 200, 200))
+    centre = p(cameras.ORBIT_CENTER)
+    d.ellipse([centre[0] - 3, centre[1] - 3, centre[0] + 3, centre[1] + 3], fill=(0, 0, 0))
+    pts = [p(q) for q in dst_pos]
+    if len(pts) > 1:
+      d.line(pts, fill=(31, 119, 180), width=2)
+    for q, col in ((src_pos, (44, 160, 44)), (dst_pos[-1], (214, 39, 40))):
+      x, y = p(q)
+      d.ellipse([x - 5, y - 5, x + 5, y + 5], fill=col)
+      d.line([x, y, centre[0], centre[1]], fill=col)
+  d.text((8, h - 18), 'green: input camera   red: target (last frame)   blue: target path', fill=(0, 0, 0),
+         font=font)
+  tmp = path + '.tmp.png'
+  img.save(tmp, format='PNG')
+  os.replace(tmp, path)
+  return path
+
+
+def save_outputs(out_dir: str, input01: np.ndarray, samples01: np.ndarray, *, frame_rate: int,
+                 spherical_dst: np.ndarray, info: dict) -> dict:
+  """input.mp4, sample_{k}.mp4, side_by_side.mp4, trajectory.png, info.json in out_dir."""
+  os.makedirs(out_dir, exist_ok=True)
+  fps = (6 + frame_rate) // 2  # infer.py's saving fps
+  files = {'input': media.write_mp4(os.path.join(out_dir, 'input.mp4'), input01, fps)}
+  for k, s in enumerate(samples01):
+    files[f'sample_{k}'] = media.write_mp4(os.path.join(out_dir, f'sample_{k}.mp4'), s, fps)
+  cols = [('input', input01)] + [(f'sample {k + 1}', s) for k, s in enumerate(samples01)]
+  files['side_by_side'] = media.write_mp4(os.path.join(out_dir, 'side_by_side.mp4'),
+                                          media.gallery_frames(cols), fps)
+  files['trajectory'] = trajectory_picture(os.path.join(out_dir, 'trajectory.png'), spherical_dst)
+  with open(os.path.join(out_dir, 'info.json'), 'w') as f:
+    json.dump(dict(info, files={k: os.path.basename(v) for k, v in files.items()}), f, indent=1,
+              default=lambda o: o.tolist() if hasattr(o, 'tolist') else str(o))
+  return files
+
+
+def uncertainty(samples01: np.ndarray) -> float:
+  """Diversity of the samples (std over samples, mean over pixels), as infer.py's printout."""
+  if samples01.shape[0] < 2:
+    return math.nan
+  return float(np.mean(np.std(samples01, axis=0)))
+
+
+def sample_from_args(args) -> str:
+  """The `gcd-jax sample` job: validate everything, then load the model and sample."""
+  from gcd_jax.convert import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from gcd_jax.evaluate import evaluate as ev  # pylint: disable=g-import-not-at-top
+  from gcd_jax.evaluate import generator as gen_lib  # pylint: disable=g-import-not-at-top
+  from gcd_jax.geometry import trajectory  # pylint: disable=g-import-not-at-top
+
+  # ---- checks before any compute
+  if args.num_samples < 1 or args.steps < 1:
+    raise InputError('--num-samples and --steps must be ≥ 1')
+  if args.frame_rate < 1:
+    raise InputError('--frame-rate must be ≥ 1 (the FPS after subsampling)')
+  if args.config:
+    model_cfg, _ = gen_lib.resolve_config(args.config)
+    gen_lib.check_checkpoint_matches(args.checkpoint, model_cfg)
+  else:
+    model_cfg = checkpoint_io.checkpoint_config(args.checkpoint)
+    gen_lib.check_checkpoint_matches(args.checkpoint, model_cfg)
+  t = int(model_cfg.num_frames)
+  spec = InputSpec(path=args.input, num_frames=t, frame_start=args.frame_start, frame_stride=args.frame_stride,
+                   frame_width=args.frame_width, frame_height=args.frame_height, center_crop=args.center_crop)
+  validate_input(spec)
+  traj_cfg = trajectory.trajectory_config(args.trajectory)
+  traj_cfg.num_frames = t
+  cam = camera_conditioning((args.azimuth, args.elevation, args.radius), t, gradual=args.gradual,
+                            traj_cfg=traj_cfg, motion_bucket=args.motion_id,
+                            force_motion_bucket=args.force_custom_mbid)
+  if model_cfg.camera.embedder == 'pose':
+    raise InputError('the 6-DoF pose camera model is not supported by `sample` (the reference leaves it a '
+                     'stub, §6 item 15); use a spherical-camera checkpoint')
+
+  # ---- input, conditioning
+  input01 = prepare_input(spec)
+  cond = input01 * 2.0 - 1.0
+  noise = ev.cond_noise(args.seed, 0, cond.shape)
+  example = {
+      'cond_frames_without_noise': cond.astype(np.float32),
+      'cond_frames': (cond + args.cond_aug * noise).astype(np.float32),
+      'fps_id': np.full((t,), args.frame_rate, np.int32),
+      'motion_bucket_id': np.full((t,), cam['motion_bucket_id'], np.int32),
+      'cond_aug': np.full((t,), args.cond_aug, np.float32),
+      'scaled_relative_angles': cam['scaled_relative_angles'],
+      'scaled_relative_pose': np.tile(np.eye(4, dtype=np.float32)[:3], (t, 1, 1)),
+  }
+  keys = np.stack([[ev.sample_seed(args.seed, 0, j) for j in range(args.num_samples)]])
+  generator = gen_lib.VideoGenerator(args.checkpoint, model_cfg, batch_size=1, steps=args.steps,
+                                     num_samples=args.num_samples,
+                                     guidance=(args.guidance_min, args.guidance_max),
+                                     decoding_t=args.decoding_t, progress=not args.no_progress)
+  samples01 = generator([example], keys)[0]
+  info = {'input': os.path.abspath(args.input), 'checkpoint': os.path.abspath(args.checkpoint),
+          'model': model_cfg.name, 'delta': [args.azimuth, args.elevation, args.radius],
+          'gradual': bool(args.gradual), 'clip_frames': spec.clip_frames().tolist(),
+          'frame_rate': args.frame_rate, 'motion_bucket_id': cam['motion_bucket_id'],
+          'steps': args.steps, 'guidance': [args.guidance_min, args.guidance_max], 'seed': args.seed,
+          'diversity': uncertainty(samples01)}
+  files = save_outputs(args.out, input01, samples01, frame_rate=args.frame_rate,
+                       spherical_dst=cam['spherical_dst'], info=info)
+  return '\n'.join([f'wrote {len(files)} files to {args.out}:'] + [f'  {os.path.basename(v)}' for v in
+                                                                      files.values()])
