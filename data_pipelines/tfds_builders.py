@@ -248,9 +248,7 @@ def generate_scenes(root: str, scene_indices, *, preset: str = 'tiny', seed: int
   """Render procedural scenes into `root` in Kubric-4D's layout; skips scenes already complete there."""
   from gcd_jax.geometry import procedural  # pylint: disable=g-import-not-at-top
   os.makedirs(root, exist_ok=True)
-  cfg = procedural.scene_config(preset)
-  for k, v in (overrides or {}).items():
-    setattr(cfg, k, v) if not isinstance(cfg, dict) else cfg.__setitem__(k, v)
+  cfg = procedural.scene_config(preset, **(overrides or {}))
   for i in scene_indices:
     sdir = os.path.join(root, kubric4d.scene_name(i))
     if os.path.isdir(sdir):
