@@ -84,6 +84,7 @@ def scene_config(preset: str = 'tiny', **overrides) -> ml_collections.ConfigDict
   c.arena_half_size = 8.0             # walls (invisible) keep objects near the cameras' look-at
   c.dome_radius = 40.0
   c.floor_checker_size = 2.0
+  c.floor_mat_radius = 12.0           # checker contrast halves at this distance from the origin
   c.ambient = 0.35
   c.shadows = True
   if name == 'tiny':
@@ -345,7 +346,11 @@ class ProceduralScene:
     s = self.config.floor_checker_size
     # Soft checker (band-limited edges: a ~0.1·s ramp) so that point-cloud re-renders do not alias.
     chk = np.sin(np.pi * x[:, 0] / s) * np.sin(np.pi * x[:, 1] / s)
-    a = 0.5 + 0.5 * np.tanh(chk * 6.0)
+    a = 0.5 + 0.5 * np.tanh(chk * 2.5)
+    # The checker "mat" fades out beyond ~floor_mat_radius: near the horizon the squares would shrink
+    # below a pixel and alias (in the ray-cast views and in every re-render alike).
+    r = np.linalg.norm(x[:, :2], axis=-1) / self.config.floor_mat_radius
+    a = 0.5 + (a - 0.5) / (1.0 + r ** 4)
     c0, c1 = self.floor_colors[0], self.floor_colors[1]
     col = (1 - a)[:, None] * c0 + a[:, None] * c1
     wob = 0.08 * np.sin(0.7 * x[:, 0] + 0.3) * np.sin(0.5 * x[:, 1] + 1.1)
@@ -364,9 +369,9 @@ class ProceduralScene:
       kind = tex['kind'][i]
       if kind == CHECKER:
         g = np.sin(np.pi * f * qn[:, 0]) * np.sin(np.pi * f * qn[:, 1]) * np.sin(np.pi * f * qn[:, 2] + 0.7)
-        a = 0.5 + 0.5 * np.tanh(g * 8.0)
+        a = 0.5 + 0.5 * np.tanh(g * 3.0)
       elif kind == STRIPES:
-        a = 0.5 + 0.5 * np.tanh(4.0 * np.sin(np.pi * f * (qn @ tex['axis'][i])))
+        a = 0.5 + 0.5 * np.tanh(2.5 * np.sin(np.pi * f * (qn @ tex['axis'][i])))
       else:  # smooth 3-D colour noise: a few random plane waves
         w = tex['waves'][i]                         # [4, 3] wave vectors
         ph = tex['phases'][i]                       # [4]
