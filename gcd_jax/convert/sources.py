@@ -165,7 +165,7 @@ def write_safetensors(path: str | os.PathLike, specs: Iterable[tuple[str, tuple[
         a = np.asarray(produce(key))
         if a.shape != shape:
           raise ValueError(f'{key}: produced shape {a.shape}, header says {shape}')
-        f.write(np.ascontiguousarray(a, dtype=dt).data)
+        f.write(memoryview(np.ascontiguousarray(a, dtype=dt).reshape(-1).view(np.uint8)))
         del a
         if progress is not None:
           progress(1)

@@ -1,0 +1,119 @@
+r"""Peak memory and wall time of `gcd-jax convert` on a full-size random sgm `svd.safetensors`.
+
+  python bench/convert_memory.py                 # full size (~9.4 GB file; needs ~20 GB free in --tmp)
+  python bench/convert_memory.py --config tiny   # seconds, to check the script itself
+
+1. Derives every key and shape of Stability's `svd.safetensors` from the abstract (nnx.eval_shape)
+   full-size modules through our key mapping (`sgm_keys.py`): U-Net, conditioning encoder +
+   quant_conv, its unused 2-D decoder + post_quant_conv, the target-path encoder copy, the temporal
+   decoder, the OpenCLIP ViT-H/14 image tower (svd_weights.md §2a). No camera layers, like the real file.
+2. Writes it with random float32 data, one tensor at a time (never all in RAM).
+3. Converts it in a SUBPROCESS (`gcd-jax convert --from sgm ... --config gcd --init-missing`) and reads
+   that process's exact peak resident set size from `os.wait4` (ru_maxrss).
+4. Prints (and writes --json) wall time, peak RSS and the ratio to the file size (goal ≤ 1.3), then
+   deletes the temporary folder (unless --keep).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gcd_jax.convert import checkpoint_io, convert as conv, sgm_keys, sources  # noqa: E402
+from gcd_jax.convert.torch_layout import leaf_specs  # noqa: E402
+
+GOAL = 1.3
+
+
+def svd_file_shapes(cfg) -> dict[str, tuple[int, ...]]:
+  """{sgm key: shape} of an SVD-style file for `cfg` (camera layers excluded)."""
+  specs = {c: leaf_specs(checkpoint_io.abstract_module(cfg, c)) for c in checkpoint_io.COMPONENTS}
+  maps = conv.make_maps('sgm', cfg, specs)
+  shapes = conv.expected_file_shapes(maps, specs)
+  for dup, src in sgm_keys.sgm_duplicates(maps).items():
+    shapes[dup] = shapes[src]
+  shapes = {k: s for k, s in shapes.items()
+            if not k.startswith((sgm_keys.UNET_PREFIX + 'aux_label_emb.', sgm_keys.CAMERA_PREFIX))}
+  # The unused 2-D decoder of conditioner.embedders.3 (AutoencoderKLModeOnly): the temporal decoder
+  # without its time_stack / mix_factor / time_mix_conv, and a post_quant_conv (svd_weights.md §2a).
+  dec = sgm_keys.FIRST_STAGE_PREFIX + 'decoder.'
+  for k, s in list(shapes.items()):
+    if k.startswith(dec) and not any(t in k for t in ('time_stack', 'mix_factor', 'time_mix_conv')):
+      shapes[sgm_keys.COND_VAE_PREFIX + 'decoder.' + k[len(dec):]] = s
+  z = cfg.vae.latent_channels
+  shapes[sgm_keys.COND_VAE_PREFIX + 'post_quant_conv.weight'] = (z, z, 1, 1)
+  shapes[sgm_keys.COND_VAE_PREFIX + 'post_quant_conv.bias'] = (z,)
+  return shapes
+
+
+def write_random(path: str, shapes: dict, seed: int = 0) -> int:
+  rng = np.random.default_rng(seed)
+
+  def produce(key):
+    a = rng.standard_normal(shapes[key], dtype=np.float32)
+    a *= 0.02
+    return a
+  return sources.write_safetensors(path, [(k, shapes[k], np.float32) for k in sorted(shapes)],
+                                   produce)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--config', default='gcd', help='model preset to convert into (default gcd)')
+  p.add_argument('--tmp', default='/tmp', help='where the temporary folder goes')
+  p.add_argument('--keep', action='store_true', help='keep the temporary folder')
+  p.add_argument('--json', default=None, help='also write the results here')
+  args = p.parse_args(argv)
+
+  cfg = conv.load_model_config(args.config)
+  work = tempfile.mkdtemp(prefix='gcd_convert_bench_', dir=args.tmp)
+  try:
+    src = os.path.join(work, 'svd.safetensors')
+    t = time.time()
+    shapes = svd_file_shapes(cfg)
+    t_keys = time.time() - t
+    t = time.time()
+    size = write_random(src, shapes)
+    t_write = time.time() - t
+    print(f'wrote {len(shapes)} tensors, {size / 1e9:.3f} GB in {t_write:.0f} s '
+          f'(keys derived in {t_keys:.0f} s)', flush=True)
+    out = os.path.join(work, 'ckpt')
+    cmd = [sys.executable, '-m', 'gcd_jax.cli', 'convert', '--from', 'sgm', src, '--config',
+           args.config, '--out', out, '--init-missing', '--no-progress']
+    env = dict(os.environ, JAX_PLATFORMS='cpu')
+    t = time.time()
+    proc = subprocess.Popen(cmd, env=env, cwd=os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.time() - t
+    rc = os.waitstatus_to_exitcode(status)
+    peak = usage.ru_maxrss * 1024  # kilobytes on Linux
+    out_size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs) \
+        if os.path.isdir(out) else 0
+    result = dict(config=args.config, tensors=len(shapes), file_bytes=size, convert_wall_s=round(wall, 1),
+                  peak_rss_bytes=peak, peak_rss_over_file=round(peak / size, 3), goal=GOAL,
+                  exit_code=rc, output_bytes=out_size, write_s=round(t_write, 1))
+    print(json.dumps(result, indent=2))
+    print(f'peak RSS {peak / 1e9:.2f} GB = {peak / size:.2f} × file size {size / 1e9:.2f} GB '
+          f'(goal ≤ {GOAL}); conversion {wall:.0f} s; exit code {rc}')
+    if args.json:
+      with open(args.json, 'w') as f:
+        json.dump(result, f, indent=2)
+    return 0 if rc == 0 and peak / size <= GOAL else 1
+  finally:
+    if not args.keep:
+      shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == '__main__':
+  sys.exit(main())
