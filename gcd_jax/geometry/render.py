@@ -116,16 +116,22 @@ def render_point_cloud(points, colors, k_pixels, c2w, height: int, width: int, *
   # Per-pixel max of every contribution's log weight (the 0.02-splats count with log 0.02 added).
   m = functools.reduce(jnp.maximum, [
       jax.ops.segment_max(lw, ids, num_segments=num_pix + 1) for ids, lw, _ in contributions])
+  # Colours are accumulated relative to a per-pixel reference colour (that of a max-weight contributor):
+  # Σw·c/Σw = c_ref + Σw·(c − c_ref)/Σw. The float32 sums then only carry the colour *spread*, so a
+  # pixel fed by hundreds of same-coloured points is exact instead of accumulating n·ε of rounding.
+  c_ref = jnp.zeros((num_pix + 1, c), jnp.float32)
+  for ids, lw, _ in contributions:
+    c_ref = c_ref.at[jnp.where(lw >= m[ids], ids, dump)].set(colors)
   den = jnp.zeros((num_pix + 1,), jnp.float32)
   num = jnp.zeros((num_pix + 1, c), jnp.float32)
   for ids, lw, _ in contributions:
     # exp(lw − m) where lw already holds log(0.02) for neighbours: equals factor·exp(s − m) ≤ 1.
     e = jnp.exp(lw - m[ids])
     den = den.at[ids].add(e)
-    num = num.at[ids].add(e[:, None] * colors)
-  den, num = den[:num_pix], num[:num_pix]
+    num = num.at[ids].add(e[:, None] * (colors - c_ref[ids]))
+  den, num, c_ref = den[:num_pix], num[:num_pix], c_ref[:num_pix]
   nonempty = den > 0
-  img = jnp.where(nonempty[:, None], num / jnp.where(nonempty, den, 1.0)[:, None], 0.0)
+  img = jnp.where(nonempty[:, None], c_ref + num / jnp.where(nonempty, den, 1.0)[:, None], 0.0)
   if clamp:
     img = jnp.clip(img, 0.0, 1.0)
   return img.reshape(height, width, c), nonempty.reshape(height, width)
