@@ -86,6 +86,7 @@ def soft_zbuffer_log_weights(z, kept, strength=None):
   return jnp.where(kept, -zn * strength, 0.0), strength
 
 
+@functools.partial(jax.jit, static_argnames=('height', 'width', 'spread_radius', 'neighbor_weight', 'clamp'))
 def render_point_cloud(points, colors, k_pixels, c2w, height: int, width: int, *, strength=None,
                        valid=None, spread_radius: int = 1, neighbor_weight: float = NEIGHBOR_WEIGHT,
                        clamp: bool = True):
@@ -168,6 +169,7 @@ def _blur_matrix(n: int, kernel_size: int, sigma: float) -> np.ndarray:
   return mat.astype(np.float32)
 
 
+@functools.partial(jax.jit, static_argnames=('kernel_size', 'sigma'))
 def gaussian_blur(img, kernel_size: int, sigma: float):
   """torchvision `gaussian_blur` (separable, reflect padding) of img [H, W, C] → [H, W, C] float32.
 
@@ -185,6 +187,7 @@ def gaussian_blur(img, kernel_size: int, sigma: float):
   return jnp.einsum('kw,iwc->ikc', bw, out, precision=hp)
 
 
+@functools.partial(jax.jit, static_argnames=('kernel_size', 'sigma'))
 def blur_into_black(img, kernel_size: int = 21, sigma: float | None = None):
   """Hole filling of `geometry.py :: blur_into_black` (§4.8 step 6). img [H, W, 3] → [H, W, 3] float32.
 
@@ -220,6 +223,7 @@ def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
   return mat.astype(np.float32)
 
 
+@functools.partial(jax.jit, static_argnames=('height', 'width'))
 def resize_bilinear(img, height: int, width: int):
   """img [H, W, C] → [height, width, C] like torch bilinear, align_corners=False, antialias off."""
   img = jnp.asarray(img, jnp.float32)
@@ -256,9 +260,9 @@ def render_view(points, colors, k_render, c2w, valid=None, strength=None, *, ren
 
 
 def reproject_view(points, colors, k_render, c2w, valid=None, **kwargs):
-  """§4.8 item 8: `render_view` of the source view's points only, with blur kernel 3 (σ 0.75); used to
-  derive the visible/occluded masks of the evaluation (pixels that stay exactly black... after the
-  3×3 blur only where nothing was near)."""
+  """§4.8 item 8: `render_view` with blur kernel 3 (σ 0.75), meant for the points of the source view only
+  (Kubric pcl view 4, PD view 16); the evaluation derives visible/occluded masks from it (pixels that
+  stay exactly black = nothing projected nearby)."""
   kwargs.setdefault('blur_kernel', 3)
   return render_view(points, colors, k_render, c2w, valid, **kwargs)
 
