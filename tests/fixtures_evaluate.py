@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-TEST_SCENES = (2900, 2901)  # Kubric-layout scenes in the Kubric test range (splits.kubric_split('test'))
+TEST_SCENES = ('scn02900', 'scn02901')  # procedural scenes at Kubric test-split indices
 HW = (16, 24)               # model resolution of the tests (tiny model: VAE ×2, U-Net ×2 → multiple of 4)
 RENDER_HW = (28, 42)
 NUM_FRAMES = 4
@@ -15,15 +15,16 @@ NUM_FRAMES = 4
 
 @pytest.fixture(scope='session')
 def eval_tfds(tmp_path_factory):
-  """(data_dir, scene root): two 6-view, 8-frame scenes built into TFDS kubric_4d/tiny."""
+  """TFDS data dir with a 2-scene test split of procedural scenes (geometry.procedural, tiny preset:
+  64×96, 12 frames, 16 views in Kubric-4D's layout) written at the Kubric test indices 2900/2901 and
+  built by the kubric_4d builder (the procedural_4d builder's own test split would need ≥ 60 scenes
+  for 2 test scenes: 1/30 of the scenes)."""
   from data_pipelines import tfds_builders  # pylint: disable=g-import-not-at-top
-  from tests.fixtures_data import write_kubric_fixture  # pylint: disable=g-import-not-at-top
-  root = str(tmp_path_factory.mktemp('eval_kubric'))
-  for i in TEST_SCENES:
-    write_kubric_fixture(root, i, num_views=6, num_frames=8, height=24, width=36)
+  root = str(tmp_path_factory.mktemp('eval_scenes'))
+  tfds_builders.generate_scenes(root, [2900, 2901], preset='tiny', seed=0)
   data_dir = str(tmp_path_factory.mktemp('eval_tfds'))
   tfds_builders.build('kubric_4d', data_dir=data_dir, config='tiny', manual_dir=root)
-  return data_dir, root
+  return data_dir
 
 
 def data_preset(data_dir: str) -> str:

@@ -119,3 +119,101 @@ def test_media_writers(tmp_path):
   back = media.read_frames(os.path.join(tmp_path, 'g.mp4'), [0, 2])
   assert back.shape[0] == 2 and back.shape[1] >= 30
   assert not [f for f in os.listdir(tmp_path) if f.startswith('.tmp')]
+
+
+# -------------------------------------------------------------------------------------- end to end
+
+
+def _evaluate(ckpt, data_dir, out, *extra):
+  from gcd_jax import cli
+  return cli.main(['evaluate', '--config', 'tiny', '--checkpoint', ckpt, '--data', data_preset(data_dir),
+                   '--split', 'test', '--num-samples', '2', '--steps', '2', '--seed', '7', '--batch-size', '2',
+                   '--no-progress', '--out', out, *extra])
+
+
+def _progress(out):
+  with open(os.path.join(out, 'progress_host0.json')) as f:
+    return json.load(f)
+
+
+def _frames(out, scene):
+  with open(os.path.join(out, 'scenes', scene, 'metrics.json')) as f:
+    return json.load(f)['frame']
+
+
+def test_evaluate_end_to_end_resume_and_seed(eval_tfds, tiny_checkpoint, tmp_path, capsys):  # noqa: F811
+  out_a, out_b = os.path.join(tmp_path, 'a'), os.path.join(tmp_path, 'b')
+  # Interrupted run: one scene only.
+  assert _evaluate(tiny_checkpoint, eval_tfds, out_a, '--max-scenes', '1') == 0
+  assert _progress(out_a)['computed'] == ['scn02900']
+  first = os.path.join(out_a, 'scenes', 'scn02900', 'metrics.json')
+  mtime = os.stat(first).st_mtime_ns
+  # Resume: the finished scene is skipped (file untouched), the other one computed.
+  assert _evaluate(tiny_checkpoint, eval_tfds, out_a) == 0
+  assert _progress(out_a) ['computed'] == ['scn02901'] and _progress(out_a)['skipped'] == ['scn02900']
+  assert os.stat(first).st_mtime_ns == mtime
+  for scene in ('scn02900', 'scn02901'):
+    for f in ('gallery.mp4', 'gallery.gif', 'metrics.json'):
+      assert os.path.getsize(os.path.join(out_a, 'scenes', scene, f)) > 0
+  for f in ('results.md', 'results.csv', 'results.json', 'curves_psnr.png', 'curves_ssim.png', 'controls.json'):
+    assert os.path.getsize(os.path.join(out_a, f)) > 0
+  md = open(os.path.join(out_a, 'results.md')).read()
+  assert '2 scenes' in md and '| psnr |' in md and '| diversity_occ |' in md
+  frames = _frames(out_a, 'scn02900')
+  assert np.asarray(frames['psnr']).shape == (2, NUM_FRAMES)
+  # Gradual trajectory: frame 0 is the source pose, so nothing is occluded there (NaN → null).
+  assert frames['psnr_occ'][0][0] is None and frames['psnr_vis'][0][0] is not None
+  # A second run with the same seed, in one go (other batching), agrees exactly.
+  assert _evaluate(tiny_checkpoint, eval_tfds, out_b) == 0
+  assert _progress(out_b)['computed'] == ['scn02900', 'scn02901']
+  for scene in ('scn02900', 'scn02901'):
+    assert _frames(out_a, scene) == _frames(out_b, scene)
+  assert open(os.path.join(out_a, 'results.csv')).read() == open(os.path.join(out_b, 'results.csv')).read()
+  # Other settings into the same folder: refused before any compute.
+  capsys.readouterr()
+  assert _evaluate(tiny_checkpoint, eval_tfds, out_a, '--steps', '3') == 1
+  assert 'other settings' in capsys.readouterr().err
+
+
+def _sample(ckpt, inp, out, *extra):
+  from gcd_jax import cli
+  return cli.main(['sample', '--checkpoint', ckpt, '--config', 'tiny', '--input', inp, '--out', out,
+                   '--num-frames', str(NUM_FRAMES), '--frame-width', str(HW[1]), '--frame-height', str(HW[0]),
+                   '--steps', '2', '--num-samples', '2', '--azimuth', '40', '--elevation', '10',
+                   '--no-progress', *extra])
+
+
+def test_sample_video_folder_and_bad_inputs(tiny_checkpoint, tmp_path, capsys):  # noqa: F811
+  from PIL import Image
+  video = write_test_video(os.path.join(tmp_path, 'clip.mp4'), num_frames=12)
+  out = os.path.join(tmp_path, 'out_video')
+  assert _sample(tiny_checkpoint, video, out, '--frame-stride', '3') == 0
+  for f in ('input.mp4', 'sample_0.mp4', 'sample_1.mp4', 'side_by_side.mp4', 'trajectory.png', 'info.json'):
+    assert os.path.getsize(os.path.join(out, f)) > 0, f
+  info = json.load(open(os.path.join(out, 'info.json')))
+  assert info['clip_frames'] == [0, 3, 6, 9]
+  # motion bucket synced with the camera motion: round(255·‖(40, 10)‖/‖(90, 30)‖) (§1.3)
+  assert info['motion_bucket_id'] == round(255 * np.hypot(40, 10) / np.hypot(90, 30))
+  side = media.read_frames(os.path.join(out, 'side_by_side.mp4'), [0])
+  assert side.shape[2] >= 3 * HW[1]
+  # An image folder.
+  folder = os.path.join(tmp_path, 'frames')
+  os.makedirs(folder)
+  rng = np.random.default_rng(0)
+  for i in range(5):
+    Image.fromarray(rng.integers(0, 255, (20, 40, 3), dtype=np.uint8)).save(os.path.join(folder, f'{i:03d}.png'))
+  out2 = os.path.join(tmp_path, 'out_folder')
+  assert _sample(tiny_checkpoint, folder, out2, '--frame-stride', '1', '--direct') == 0
+  assert os.path.getsize(os.path.join(out2, 'sample_1.mp4')) > 0
+  # Bad inputs: clear errors, nothing written.
+  capsys.readouterr()
+  bad = os.path.join(tmp_path, 'out_bad')
+  assert _sample(tiny_checkpoint, video, bad, '--frame-stride', '5') == 1
+  assert '12 frames' in capsys.readouterr().err
+  assert _sample(tiny_checkpoint, video, bad, '--frame-width', '30') == 1
+  assert 'multiple of 4' in capsys.readouterr().err
+  from gcd_jax import cli
+  assert cli.main(['sample', '--checkpoint', tiny_checkpoint, '--config', 'tiny_svd', '--input', video,
+                   '--out', bad]) == 1
+  assert 'differs from --config' in capsys.readouterr().err
+  assert not os.path.exists(bad)

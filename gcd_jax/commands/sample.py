@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   motion.add_argument('--direct', dest='gradual', action='store_false', help='every frame at the target pose')
   parser.add_argument('--trajectory', default='kubric_gradual_max90',
                       help='training trajectory preset: Δ ranges for the motion bucket, interpolation kind')
+  parser.add_argument('--num-frames', type=int, default=0, help='frames per clip (default: the model config, 14)')
   parser.add_argument('--frame-start', type=int, default=0)
   parser.add_argument('--frame-stride', type=int, default=2)
   parser.add_argument('--frame-rate', type=int, default=12, help='FPS after subsampling (= fps_id)')

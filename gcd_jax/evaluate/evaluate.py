@@ -284,7 +284,7 @@ def write_reports(out_dir: str, results: list[dict], settings: EvalSettings | No
     if series:
       media.line_plot(os.path.join(out_dir, f'curves_{name}.png'), series,
                       bands={k: list(table[k]['per_frame_std']) for k in series},
-                      title=f'{name.upper()} per frame (mean ± std over {len(results)} scenes × samples)',
+                      title=f'{name.upper()} per frame (mean ± std over {len(results)} scenes x samples)',
                       xlabel='frame', ylabel=name.upper() + (' (dB)' if name == 'psnr' else ''))
   return table
 
@@ -536,15 +536,13 @@ def evaluate_from_args(args) -> str:
     raise EvaluationError('--num-samples and --steps must be ≥ 1')
   model_cfg, train_cfg = gen_lib.resolve_config(args.config)
   gen_lib.check_checkpoint_matches(args.checkpoint, model_cfg)
-  if int(model_cfg.num_frames) != 0 and args.decoding_t < 1:
+  if args.decoding_t < 1:
     raise EvaluationError('--decoding-t must be ≥ 1')
   data_cfg, traj_cfg = resolve_data_config(args, train_cfg)
-  if int(data_cfg.num_frames) != int(model_cfg.num_frames):
-    raise EvaluationError(f'data clips have {data_cfg.num_frames} frames but the model config '
-                          f'{model_cfg.name!r} has num_frames {model_cfg.num_frames}; pick a matching --data')
-  if data_cfg.height % 64 or data_cfg.width % 64:
-    if model_cfg.name not in ('tiny', 'tiny_svd'):
-      raise EvaluationError(f'data resolution {data_cfg.width}×{data_cfg.height} is not a multiple of 64')
+  multiple = gen_lib.required_multiple(model_cfg)
+  if data_cfg.height % multiple or data_cfg.width % multiple:
+    raise EvaluationError(f'data resolution {data_cfg.width}×{data_cfg.height} is not a multiple of {multiple} '
+                          f'(VAE × U-Net downsampling of {model_cfg.name!r}); fix the data config')
   settings = EvalSettings(
       checkpoint=os.path.abspath(args.checkpoint), config=args.config, split=args.split,
       list_file=os.path.abspath(args.list_file) if args.list_file else '',

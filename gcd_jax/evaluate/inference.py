@@ -42,20 +42,22 @@ class InputSpec:
   frame_width: int = 384
   frame_height: int = 256
   center_crop: bool = True
+  size_multiple: int = 64
 
   def clip_frames(self) -> np.ndarray:
     return self.frame_start + self.frame_stride * np.arange(self.num_frames)
 
 
-def check_resolution(width: int, height: int) -> None:
-  if width <= 0 or height <= 0 or width % 64 or height % 64:
-    raise InputError(f'frame size {width}×{height} is not a multiple of 64 (the VAE/U-Net need it); use e.g. '
-                     '--frame-width 384 --frame-height 256')
+def check_resolution(width: int, height: int, multiple: int = 64) -> None:
+  """SVD/GCD need multiples of 64 (VAE ×8 · U-Net ×8); smaller models (tiny) pass their own multiple."""
+  if width <= 0 or height <= 0 or width % multiple or height % multiple:
+    raise InputError(f'frame size {width}×{height} is not a multiple of {multiple} (the VAE/U-Net need it); '
+                     'use e.g. --frame-width 384 --frame-height 256')
 
 
 def validate_input(spec: InputSpec) -> dict:
   """Cheap checks (no decoding of the whole video): → {'kind', 'num_frames', 'size'}."""
-  check_resolution(spec.frame_width, spec.frame_height)
+  check_resolution(spec.frame_width, spec.frame_height, spec.size_multiple)
   if spec.frame_start < 0 or spec.frame_stride < 1:
     raise InputError(f'--frame-start must be ≥ 0 and --frame-stride ≥ 1 (got {spec.frame_start}, '
                      f'{spec.frame_stride})')
@@ -218,9 +220,12 @@ def sample_from_args(args) -> str:
   else:
     model_cfg = checkpoint_io.checkpoint_config(args.checkpoint)
     gen_lib.check_checkpoint_matches(args.checkpoint, model_cfg)
-  t = int(model_cfg.num_frames)
+  t = int(args.num_frames or model_cfg.num_frames)
+  if t < 1:
+    raise InputError('--num-frames must be ≥ 1')
   spec = InputSpec(path=args.input, num_frames=t, frame_start=args.frame_start, frame_stride=args.frame_stride,
-                   frame_width=args.frame_width, frame_height=args.frame_height, center_crop=args.center_crop)
+                   frame_width=args.frame_width, frame_height=args.frame_height, center_crop=args.center_crop,
+                   size_multiple=gen_lib.required_multiple(model_cfg))
   validate_input(spec)
   traj_cfg = trajectory.trajectory_config(args.trajectory)
   traj_cfg.num_frames = t

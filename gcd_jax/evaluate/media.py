@@ -38,8 +38,8 @@ def _atomic_target(path: str, suffix: str):
 
 
 def write_mp4(path: str, frames, fps: float) -> str:
-  """frames [T, H, W, 3] → H.264 mp4 (imageio-ffmpeg). H, W are padded up to even sizes by cropping
-  nothing: we require multiples of 2 and pad with black otherwise."""
+  """frames [T, H, W, 3] → H.264 mp4 (imageio-ffmpeg). H and W are padded with black up to multiples of
+  16 (codec macro blocks) rather than resized, so pixels stay untouched."""
   import imageio.v2 as imageio  # pylint: disable=g-import-not-at-top
   f = to_uint8(frames)
   h, w = f.shape[1:3]
@@ -100,9 +100,14 @@ def label(image: np.ndarray, text: str, bar: int = 14) -> np.ndarray:
 def gallery_frames(columns: Sequence[tuple[str, np.ndarray]]) -> np.ndarray:
   """Side by side videos with captions: [(caption, frames [T, H, W, 3])] → uint8 [T, H + bar, ΣW, 3]."""
   t = columns[0][1].shape[0]
+  narrow = columns[0][1].shape[2] < 128  # tiny videos: short captions ('input' → 'in', 'sample 2' → 's2')
+  short = {'input': 'in', 'ground truth': 'gt'}
   out = []
   for i in range(t):
-    row = [label(to_uint8(v[i]), f'{name} t={i}' if j == 0 else name) for j, (name, v) in enumerate(columns)]
+    row = []
+    for j, (name, v) in enumerate(columns):
+      text = (short.get(name, name.replace('sample ', 's')) if narrow else name) + (f' t={i}' if j == 0 else '')
+      row.append(label(to_uint8(v[i]), text))
     out.append(np.concatenate(row, axis=1))
   return np.stack(out)
 
