@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 
 import numpy as np
 
@@ -35,12 +36,13 @@ from gcd_jax.convert.torch_layout import leaf_specs  # noqa: E402
 GOAL = 1.3
 
 
-def svd_file_shapes(cfg) -> dict[str, tuple[int, ...]]:
-  """{sgm key: shape} of an SVD-style file for `cfg` (camera layers excluded)."""
+def svd_file_shapes(cfg) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+  """({sgm key: shape} of an SVD-style file for `cfg` (camera layers excluded), {dup: src key})."""
   specs = {c: leaf_specs(checkpoint_io.abstract_module(cfg, c)) for c in checkpoint_io.COMPONENTS}
   maps = conv.make_maps('sgm', cfg, specs)
   shapes = conv.expected_file_shapes(maps, specs)
-  for dup, src in sgm_keys.sgm_duplicates(maps).items():
+  dups = sgm_keys.sgm_duplicates(maps)
+  for dup, src in dups.items():
     shapes[dup] = shapes[src]
   shapes = {k: s for k, s in shapes.items()
             if not k.startswith((sgm_keys.UNET_PREFIX + 'aux_label_emb.', sgm_keys.CAMERA_PREFIX))}
@@ -53,13 +55,14 @@ def svd_file_shapes(cfg) -> dict[str, tuple[int, ...]]:
   z = cfg.vae.latent_channels
   shapes[sgm_keys.COND_VAE_PREFIX + 'post_quant_conv.weight'] = (z, z, 1, 1)
   shapes[sgm_keys.COND_VAE_PREFIX + 'post_quant_conv.bias'] = (z,)
-  return shapes
+  return shapes, dups
 
 
-def write_random(path: str, shapes: dict, seed: int = 0) -> int:
-  rng = np.random.default_rng(seed)
+def write_random(path: str, shapes: dict, same_as: dict[str, str], seed: int = 0) -> int:
+  """Random N(0, 0.02²) float32 tensors; `same_as` {dup: src} copies get the same data (as in SVD)."""
 
   def produce(key):
+    rng = np.random.default_rng([seed, zlib.crc32(same_as.get(key, key).encode())])
     a = rng.standard_normal(shapes[key], dtype=np.float32)
     a *= 0.02
     return a
@@ -80,10 +83,10 @@ def main(argv=None) -> int:
   try:
     src = os.path.join(work, 'svd.safetensors')
     t = time.time()
-    shapes = svd_file_shapes(cfg)
+    shapes, dups = svd_file_shapes(cfg)
     t_keys = time.time() - t
     t = time.time()
-    size = write_random(src, shapes)
+    size = write_random(src, shapes, dups)
     t_write = time.time() - t
     print(f'wrote {len(shapes)} tensors, {size / 1e9:.3f} GB in {t_write:.0f} s '
           f'(keys derived in {t_keys:.0f} s)', flush=True)

@@ -248,9 +248,30 @@ def _torch_unet_per_row(tm, aux, x, t, ctx, y, adm):
   return tm.conv_out(tm.conv_act(tm.conv_norm_out(h)))
 
 
+# Jitted so that the three formats (same graph) compile once.
 @nnx.jit(static_argnames=('num_frames',))
 def _unet(net, x, t, ctx, y, *, num_frames):
   return net.unet(x, t, ctx, y, num_frames=num_frames)
+
+
+@nnx.jit
+def _camera(net, angles):
+  return net.embed_camera(angles)
+
+
+@nnx.jit
+def _encode(vae, img):
+  return vae.encode(img)
+
+
+@nnx.jit(static_argnames=('num_frames',))
+def _decode(vae, z, *, num_frames):
+  return vae.decode(z, num_frames=num_frames)
+
+
+@nnx.jit
+def _clip(clip, pix):
+  return clip(pix)
 
 
 @pytest.fixture(scope='module')
@@ -263,7 +284,7 @@ def torch_outputs(ref):
   n = B * T
   f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
   angles = np.stack([rng.uniform(-3, 3, n), rng.uniform(-1, 1, n), rng.uniform(-2, 2, n)], 1)
-  feats = np.asarray(spherical_features(jnp.asarray(angles, jnp.float32)))
+  feats = np.array(spherical_features(jnp.asarray(angles, jnp.float32)))
   x, t, ctx, vec = f(n, 8, H, W), f(n), f(n, 3, u.context_dim), f(n, u.adm_in_channels)
   img = np.tanh(f(n, 3, 16, 16))
   z = f(n, 4, 4, 4)
@@ -293,16 +314,16 @@ def test_converted_models_match_pytorch(ref, converted, torch_outputs, fmt):
   o = torch_outputs
   net, vae, clip = _restore(converted[fmt])
   diffs = {}
-  diffs['camera'] = np.abs(np.asarray(net.embed_camera(jnp.asarray(o['angles'], jnp.float32)))
+  diffs['camera'] = np.abs(np.asarray(_camera(net, jnp.asarray(o['angles'], jnp.float32)))
                            - o['cam']).max()
   got = _unet(net, _nhwc(o['x']), jnp.asarray(o['t']), jnp.asarray(o['ctx']), jnp.asarray(o['y']),
               num_frames=T)
   diffs['unet'] = np.abs(_nchw(got) - o['unet']).max()
-  mean, logvar = vae.encode(_nhwc(o['img']))
+  mean, logvar = _encode(vae, _nhwc(o['img']))
   diffs['vae_mean'] = np.abs(_nchw(mean) - o['mean']).max()
   diffs['vae_logvar'] = np.abs(_nchw(logvar) - o['logvar']).max()
-  diffs['vae_decode'] = np.abs(_nchw(vae.decode(_nhwc(o['z']), num_frames=T)) - o['dec']).max()
-  diffs['clip'] = np.abs(np.asarray(clip(_nhwc(o['pix']))) - o['emb']).max()
+  diffs['vae_decode'] = np.abs(_nchw(_decode(vae, _nhwc(o['z']), num_frames=T)) - o['dec']).max()
+  diffs['clip'] = np.abs(np.asarray(_clip(clip, _nhwc(o['pix']))) - o['emb']).max()
   print(f'{fmt}: max abs diff vs PyTorch ' + ', '.join(f'{k} {v:.2e}' for k, v in diffs.items()) +
         f' (output std: unet {o["unet"].std():.2f}, decode {o["dec"].std():.2f}, '
         f'clip {o["emb"].std():.2f})')
