@@ -139,9 +139,10 @@ def test_stable_renderer_equals_float64_reference(case):
   np.testing.assert_array_equal(np.asarray(mask), ref_mask)
   err = np.abs(out - ref).max()
   print(f'{case}: max |stable f32 − reference f64| = {err:.2e}')
-  # float32 camera depths carry ~6e-8 relative error; the log-weights −2·strength·z/z_max amplify that to
-  # ~1e-4 absolute, i.e. a 1e-4 relative change of a weight; the colour error is ≤ ¼·that·|Δc|.
-  assert err < 5e-5, err
+  # Measured ≤ 7e-6. Bound: float32 camera depths carry ~6e-8 relative error, which the log-weights
+  # −2·strength·z/z_max turn into ≲ 6e-5 absolute (a relative weight change of that size); the colour
+  # error is ≤ ¼ of it times |Δc|.
+  assert err < 2e-5, err
   if case == 'kubric_wide_depth':
     # The naive float32 formula overflows here (exp(−zn·512) > 3.4e38 once z < 0.41·z_max).
     with np.errstate(over='ignore', invalid='ignore'):

@@ -16,10 +16,11 @@ Pipeline of one view (`render_view`):
 
 Numerical stability (§6 item 9): the reference needs float64 (`exp(±512)`). We compute log-weights
 s = −zn·strength, take the per-pixel maximum m_p over *every* contribution landing on pixel p (own
-splats with s, neighbour splats with s + log 0.02) with a segment-max, and accumulate exp(s − m_p)
-(times 0.02 for neighbour splats). Σw·c/Σw is invariant to the common factor exp(m_p), so the result
-equals the reference formula, while every term is ≤ 1 and the largest is exactly 1 (no overflow, no
-0/0 from underflow).
+splats with s, neighbour splats with s + log 0.02; a segment-max over the points, then image shifts),
+and accumulate exp(s − m_p) (times 0.02 for neighbour splats). Σw·c/Σw is invariant to the common
+factor exp(m_p), so the result equals the reference formula, while every term is ≤ 1 and the largest
+is exactly 1 (no overflow, no 0/0 from underflow). The points are visited once: the neighbour splats
+of all points of a pixel q add up to 0.02 × q's own aggregate, so they are shifted pixel aggregates.
 """
 
 from __future__ import annotations
@@ -57,8 +58,11 @@ def project_points(points, k_pixels, c2w, height: int, width: int):
   points = jnp.asarray(points, jnp.float32)
   k = jnp.asarray(k_pixels, jnp.float32)
   c2w = jnp.asarray(c2w, jnp.float32)
-  xc = (points - c2w[:3, 3]) @ c2w[:3, :3]
-  uvw = xc @ k.T
+  # Written as broadcast multiply-adds rather than [N,3]×[3,3] matmuls: XLA fuses them into one loop
+  # (the skinny dots were ~25× slower on CPU) and every product stays exact float32.
+  d = points - c2w[:3, 3]
+  xc = d[:, 0:1] * c2w[0, :3] + d[:, 1:2] * c2w[1, :3] + d[:, 2:3] * c2w[2, :3]   # (x − t)·R
+  uvw = xc[:, 0:1] * k[:, 0] + xc[:, 1:2] * k[:, 1] + xc[:, 2:3] * k[:, 2]        # K·x_c
   z = xc[:, 2]
   uv = uvw[:, :2] / uvw[:, 2:3]
   shifted = uv + 0.5
@@ -105,37 +109,49 @@ def render_point_cloud(points, colors, k_pixels, c2w, height: int, width: int, *
   log_w, _ = soft_zbuffer_log_weights(z, kept, strength)
 
   num_pix = height * width
-  dump = num_pix  # invalid contributions go to an extra segment that is dropped at the end
-  contributions = []  # (segment ids [N], log weight [N], linear factor)
-  contributions.append((jnp.where(kept, uv[:, 1] * width + uv[:, 0], dump), log_w, 1.0))
+  dump = num_pix  # points that are not kept go to an extra segment that is dropped at the end
+  ids = jnp.where(kept, uv[:, 1] * width + uv[:, 0], dump)
+
+  # One pass over the points: per pixel q, the max own log weight M_q, a reference colour (that of a
+  # max-weight point), D_q = Σ exp(s − M_q) and N_q = Σ exp(s − M_q)·(c − c_ref_q).
+  big_m = jax.ops.segment_max(log_w, ids, num_segments=num_pix + 1)
+  c_ref = jnp.zeros((num_pix + 1, c), jnp.float32).at[jnp.where(log_w >= big_m[ids], ids, dump)].set(colors)
+  e = jnp.exp(log_w - big_m[ids])
+  d_own = jnp.zeros((num_pix + 1,), jnp.float32).at[ids].add(e)
+  n_own = jnp.zeros((num_pix + 1, c), jnp.float32).at[ids].add(e[:, None] * (colors - c_ref[ids]))
+  big_m = big_m[:num_pix].reshape(height, width)
+  d_own = d_own[:num_pix].reshape(height, width)
+  # Σ exp(s − M)·c; the product D·c_ref carries one rounding, the spread term N only the colour spread,
+  # so a pixel fed by many same-coloured points stays exact (no n·ε accumulation).
+  a_own = (n_own[:num_pix] + d_own.reshape(-1, 1) * c_ref[:num_pix]).reshape(height, width, c)
+  has_pts = jnp.isfinite(big_m) & (d_own > 0)
+  big_m = jnp.where(has_pts, big_m, -jnp.inf)
+
+  # The splat of every point of pixel q onto q + (dx, dy) with factor 0.02 is, summed, the pixel-level
+  # aggregate of q times 0.02 — so the neighbour splats are image shifts of (M, D, A). The max over all
+  # contributions landing on p (own: M_p; neighbour: M_q + log 0.02) stabilises the exponentials.
+  def shift(x, dx, dy, fill):
+    pad = [(max(dy, 0), max(-dy, 0)), (max(dx, 0), max(-dx, 0))] + [(0, 0)] * (x.ndim - 2)
+    x = jnp.pad(x, pad, constant_values=fill)
+    return x[max(-dy, 0):max(-dy, 0) + height, max(-dx, 0):max(-dx, 0) + width]
+
+  sources = [(big_m, d_own, a_own)]
   log_nw = math.log(neighbor_weight)
   for dx, dy in _neighbor_offsets(spread_radius):
-    x, y = uv[:, 0] + dx, uv[:, 1] + dy
-    ok = kept & (x >= 0) & (x < width) & (y >= 0) & (y < height)
-    contributions.append((jnp.where(ok, y * width + x, dump), log_w + log_nw, neighbor_weight))
-
-  # Per-pixel max of every contribution's log weight (the 0.02-splats count with log 0.02 added).
-  m = functools.reduce(jnp.maximum, [
-      jax.ops.segment_max(lw, ids, num_segments=num_pix + 1) for ids, lw, _ in contributions])
-  # Colours are accumulated relative to a per-pixel reference colour (that of a max-weight contributor):
-  # Σw·c/Σw = c_ref + Σw·(c − c_ref)/Σw. The float32 sums then only carry the colour *spread*, so a
-  # pixel fed by hundreds of same-coloured points is exact instead of accumulating n·ε of rounding.
-  c_ref = jnp.zeros((num_pix + 1, c), jnp.float32)
-  for ids, lw, _ in contributions:
-    c_ref = c_ref.at[jnp.where(lw >= m[ids], ids, dump)].set(colors)
-  den = jnp.zeros((num_pix + 1,), jnp.float32)
-  num = jnp.zeros((num_pix + 1, c), jnp.float32)
-  for ids, lw, _ in contributions:
-    # exp(lw − m) where lw already holds log(0.02) for neighbours: equals factor·exp(s − m) ≤ 1.
-    e = jnp.exp(lw - m[ids])
-    den = den.at[ids].add(e)
-    num = num.at[ids].add(e[:, None] * (colors - c_ref[ids]))
-  den, num, c_ref = den[:num_pix], num[:num_pix], c_ref[:num_pix]
-  nonempty = den > 0
-  img = jnp.where(nonempty[:, None], c_ref + num / jnp.where(nonempty, den, 1.0)[:, None], 0.0)
+    sources.append((shift(big_m, dx, dy, -jnp.inf) + log_nw, shift(d_own, dx, dy, 0.0), shift(a_own, dx, dy, 0.0)))
+  m = functools.reduce(jnp.maximum, [lm for lm, _, _ in sources])
+  nonempty = jnp.isfinite(m)
+  m_safe = jnp.where(nonempty, m, 0.0)
+  den = jnp.zeros((height, width), jnp.float32)
+  num = jnp.zeros((height, width, c), jnp.float32)
+  for lm, d, a in sources:
+    f = jnp.exp(lm - m_safe)  # ≤ 1; 0 for sources without points (lm = −inf)
+    den = den + f * d
+    num = num + f[..., None] * a
+  img = jnp.where(nonempty[..., None], num / jnp.where(nonempty, den, 1.0)[..., None], 0.0)
   if clamp:
     img = jnp.clip(img, 0.0, 1.0)
-  return img.reshape(height, width, c), nonempty.reshape(height, width)
+  return img, nonempty
 
 
 # ---------------------------------------------------------------------------------------- blur & resize
