@@ -260,6 +260,39 @@ class ProceduralScene:
       out.append(idx[keep])
     return out
 
+  def _background(self, k, c2w, height, width):
+    """Per camera (static over time, so cached for the last two cameras): unit ray directions [P, 3],
+    the floor/dome hit distance [P], on_floor [P] and the unshaded floor/sky colours and normals."""
+    key = (k.tobytes(), c2w.tobytes(), height, width)
+    cache = self.__dict__.setdefault('_bg_cache', {})
+    if key in cache:
+      return cache[key]
+    u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64), indexing='xy')
+    d_cam = np.stack([(u - k[0, 2]) / k[0, 0], (v - k[1, 2]) / k[1, 1], np.ones_like(u)], -1).reshape(-1, 3)
+    dirs = d_cam @ c2w[:3, :3].T
+    dirs /= np.linalg.norm(dirs, axis=-1, keepdims=True)
+    o = c2w[:3, 3]
+    # The dome (camera inside it → far root) and the floor plane.
+    b = dirs @ o
+    cc = o @ o - self.config.dome_radius ** 2
+    t_dome = -b + np.sqrt(np.maximum(b * b - cc, 0.0))
+    with np.errstate(divide='ignore', invalid='ignore'):
+      t_floor = np.where(dirs[:, 2] < -1e-12, -o[2] / dirs[:, 2], np.inf)
+    on_floor = t_floor < t_dome
+    t_bg = np.where(on_floor, t_floor, t_dome)
+    x = o + t_bg[:, None] * dirs
+    rgb = np.zeros_like(dirs)
+    normal = np.zeros_like(dirs)
+    # Dome: emissive sky (no shading, no shadows): gradient by elevation + soft "clouds".
+    rgb[~on_floor] = self._sky_color(x[~on_floor])
+    normal[~on_floor] = -x[~on_floor] / self.config.dome_radius
+    rgb[on_floor] = self._floor_color(x[on_floor])
+    normal[on_floor] = (0.0, 0.0, 1.0)
+    if len(cache) >= 2:
+      cache.pop(next(iter(cache)))
+    cache[key] = (dirs, t_bg, on_floor, rgb, normal)
+    return cache[key]
+
   def ray_cast(self, k_pixels, c2w, frame: int, height: int, width: int) -> dict:
     """Exact render of any pinhole camera at `frame`. One ray per pixel through integer pixel
     coordinates (§4.9). → dict rgb [H, W, 3] float32 in [0, 1], depth [H, W] float32 (distance along
@@ -268,37 +301,15 @@ class ProceduralScene:
       raise IndexError(f'frame {frame} out of range (scene has {self.num_frames} frames)')
     k = np.asarray(k_pixels, np.float64)
     c2w = np.asarray(c2w, np.float64)
-    u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64), indexing='xy')
-    d_cam = np.stack([(u - k[0, 2]) / k[0, 0], (v - k[1, 2]) / k[1, 1], np.ones_like(u)], -1).reshape(-1, 3)
-    dirs = d_cam @ c2w[:3, :3].T
-    dirs /= np.linalg.norm(dirs, axis=-1, keepdims=True)
+    dirs, t_bg, on_floor, bg_rgb, bg_normal = self._background(k, c2w, height, width)
     o = c2w[:3, 3]
-    p = dirs.shape[0]
-
-    # Background: the dome (camera inside it → far root) and the floor plane.
-    b = dirs @ o
-    cc = o @ o - self.config.dome_radius ** 2
-    t_dome = -b + np.sqrt(np.maximum(b * b - cc, 0.0))
-    with np.errstate(divide='ignore', invalid='ignore'):
-      t_floor = np.where(dirs[:, 2] < -1e-12, -o[2] / dirs[:, 2], np.inf)
-    on_floor = t_floor < t_dome
-    t_bg = np.where(on_floor, t_floor, t_dome)
     t, obj, n_obj = self._intersect_objects(o, dirs, frame, t_bg,
                                             self._primary_candidates(k, c2w, frame, height, width))
     is_obj = obj >= 0
     x = o + t[:, None] * dirs
-
-    rgb = np.zeros((p, 3))
-    normal = np.zeros((p, 3))
-    # Dome: emissive sky (no shading, no shadows): gradient by elevation + soft "clouds".
+    rgb = bg_rgb.copy()
+    normal = bg_normal.copy()
     sky = ~is_obj & ~on_floor
-    if sky.any():
-      rgb[sky] = self._sky_color(x[sky])
-      normal[sky] = -x[sky] / self.config.dome_radius
-    floor = ~is_obj & on_floor
-    if floor.any():
-      normal[floor] = (0.0, 0.0, 1.0)
-      rgb[floor] = self._floor_color(x[floor])
     if is_obj.any():
       normal[is_obj] = n_obj[is_obj]
       rgb[is_obj] = self._object_color(x[is_obj], obj[is_obj], frame)
