@@ -21,17 +21,25 @@ position i % num_scenes of a per-epoch permutation. Host s of S reads indices s,
 together covering everything). The Grain iterator state is just the next position, so save/restore is
 exact; `checkpoint_handler()` plugs it into Orbax.
 
-Build a training iterator:
-  cfg = data_config('procedural')            # or 'kubric', 'pardom', 'tiny'; override fields freely
-  it = make_iterator(cfg)                     # grain DatasetIterator; next(it) → batch dict
-  state = it.get_state(); ...; it.set_state(state)        # or Orbax: see checkpoint_handler()
+Build a training iterator (cfg.batch_size is the PER-HOST batch; shards default to the JAX processes):
+  cfg = data_config('procedural')             # or 'kubric', 'pardom', 'tiny'; then override fields
+  cfg.data_dir = ...; cfg.batch_size = global_batch // jax.process_count()
+  it = make_iterator(cfg)                      # grain DatasetIterator; next(it) → batch dict (numpy)
+  state = it.get_state(); ...; it.set_state(state)          # exact resume (a small JSON-able dict)
+With Orbax (one JSON per process, written by grain.checkpoint.CheckpointHandler):
+  mngr = ocp.CheckpointManager(dir, item_names=('state', 'data'),
+                               item_handlers={'state': ocp.StandardCheckpointHandler(),
+                                              'data': checkpoint_handler()})
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
+                                          data=grain.checkpoint.CheckpointSave(it)))
+  mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_tree),
+                                             data=grain.checkpoint.CheckpointRestore(it)))
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import os
 import sys
 
@@ -374,19 +382,40 @@ def _jitted_renderer(render_hw, out_hw):
   return render_clip
 
 
+CULL_MARGIN = 1e-3  # pixels / metres of slack: the cull set must contain every point the renderer keeps
+
+
+def candidate_mask(xyz, k, c2w, height: int, width: int):
+  """Points that may land in a height×width render (§4.8 step 2, with CULL_MARGIN slack). xyz [P, 3],
+  k [3, 3] render-pixel intrinsics, c2w [4, 4] → [P] bool, a superset of the renderer's kept points.
+
+  Written component-wise ("structure of arrays"): XLA:CPU runs [P, 3] @ [3, 3] and [P, 2] slices about
+  8× slower than this for P = 3.5 M (0.37 s vs 0.044 s on one core)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  px, py, pz = xyz[:, 0] - c2w[0, 3], xyz[:, 1] - c2w[1, 3], xyz[:, 2] - c2w[2, 3]
+  xc = px * c2w[0, 0] + py * c2w[1, 0] + pz * c2w[2, 0]
+  yc = px * c2w[0, 1] + py * c2w[1, 1] + pz * c2w[2, 1]
+  zc = px * c2w[0, 2] + py * c2w[1, 2] + pz * c2w[2, 2]
+  zs = jnp.where(zc > 0.05, zc, 1.0)
+  u = (k[0, 0] * xc + k[0, 1] * yc + k[0, 2] * zc) / zs + 0.5
+  v = (k[1, 0] * xc + k[1, 1] * yc + k[1, 2] * zc) / zs + 0.5
+  m = CULL_MARGIN
+  return (zc > 0.1 - m) & (u > -1.0 - m) & (u < width + m) & (v > -1.0 - m) & (v < height + m)
+
+
 @functools.lru_cache(maxsize=16)
 def _jitted_kept_counts(render_hw):
-  """Number of points each camera keeps per frame (inside the render image, z > 0.1; §4.8 step 2)."""
+  """Candidate points per (frame, camera) → [T, C] int32 (sizes the culling budget)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  _, _, render = _geometry()
 
   @jax.jit
   def counts(xyz, k, cams):  # [T, P, 3], [3, 3], [C, T, 4, 4] → [T, C] int32
     def frame(args):
       x, cam_t = args
-      kept = jax.vmap(lambda c: render.project_points(x.astype(jnp.float32), k, c, *render_hw)[2])(cam_t)
-      return kept.sum(-1, dtype=jnp.int32)
+      x = x.astype(jnp.float32)
+      return jnp.stack([candidate_mask(x, k, cam_t[c], *render_hw).sum(dtype=jnp.int32)
+                        for c in range(cam_t.shape[0])])
     return jax.lax.map(frame, (xyz, jnp.swapaxes(cams, 0, 1)))
 
   return counts
@@ -394,33 +423,34 @@ def _jitted_kept_counts(render_hw):
 
 @functools.lru_cache(maxsize=64)
 def _jitted_culled_renderer(render_hw, out_hw, budget: int):
-  """Like `_jitted_renderer`, but each (frame, camera) first compacts its kept points into a static
-  `budget`-sized buffer (padding marked invalid). Exact: the renderer only ever uses kept points (the soft
-  z-buffer max included), and compaction keeps their order. The scatters then touch `budget` points
-  instead of all V·H·W — the views facing away from a camera cost nothing."""
+  """Like `_jitted_renderer`, but each (frame, camera) first compacts its candidate points into a static
+  `budget`-sized buffer (padding marked invalid). Exact: the renderer only uses the points it keeps (the
+  soft z-buffer max included), the candidates contain them all, and compaction keeps their order. The
+  splatting then touches `budget` points instead of all V·H·W — views facing away cost nothing."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   _, _, render = _geometry()
 
   def one(x, c, k, cam):
-    kept = render.project_points(x, k, cam, *render_hw)[2]
-    (idx,) = jnp.nonzero(kept, size=budget, fill_value=0)
-    valid = jnp.arange(budget) < kept.sum()
-    return render.render_view(x[idx], c[idx], k, cam, valid, render_height=render_hw[0],
-                              render_width=render_hw[1], out_height=out_hw[0], out_width=out_hw[1])
+    cand = candidate_mask(x, k, cam, *render_hw)
+    (idx,) = jnp.nonzero(cand, size=budget, fill_value=0)
+    valid = jnp.arange(budget) < cand.sum()
+    return render.render_view(x[idx], c[idx].astype(jnp.float32) / 255.0, k, cam, valid,
+                              render_height=render_hw[0], render_width=render_hw[1], out_height=out_hw[0],
+                              out_width=out_hw[1])
 
   @jax.jit
   def render_clip(xyz, rgb_u8, k, cams):
     def frame(args):
       x, c, cam_t = args
-      return jax.vmap(one, in_axes=(None, None, None, 0))(x.astype(jnp.float32), c.astype(jnp.float32) / 255.0,
-                                                           k, cam_t)
+      x = x.astype(jnp.float32)
+      return jnp.stack([one(x, c, k, cam_t[i]) for i in range(cam_t.shape[0])])
     return jnp.swapaxes(jax.lax.map(frame, (xyz, rgb_u8, jnp.swapaxes(cams, 0, 1))), 0, 1)
 
   return render_clip
 
 
-CULL_BUCKETS = 16  # point budgets are multiples of P/16: at most 16 compiled shapes per resolution
+CULL_BUCKETS = 8  # point budgets are multiples of P/8: at most 8 compiled shapes per resolution and process
 
 
 def render_clip(xyz, rgb, k, cams, cfg) -> np.ndarray:

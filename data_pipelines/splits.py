@@ -27,14 +27,14 @@ def procedural_split(split: str, num_scenes: int) -> list[int]:
   """Scene indices for the procedural dataset: train / val / test by contiguous ranges.
 
   Proportions follow Kubric's 2800/100/100 (1/30 each for val and test, at least 1 scene each when
-  num_scenes ≥ 3); `num_scenes` < 3 puts everything in every split (tiny smoke datasets).
+  num_scenes ≥ 3); with `num_scenes` < 3 every scene is in train and val/test are empty (smoke runs).
   """
   if num_scenes < 1:
     raise ValueError(f'num_scenes must be ≥ 1, got {num_scenes}')
   if num_scenes < 3:
     if split not in ('train', 'val', 'test'):
       raise ValueError(f'unknown split {split!r}; choose train/val/test')
-    return list(range(num_scenes))
+    return list(range(num_scenes)) if split == 'train' else []
   n_eval = max(1, num_scenes // 30)
   n_train = num_scenes - 2 * n_eval
   ranges = {'train': (0, n_train), 'val': (n_train, n_train + n_eval), 'test': (n_train + n_eval, num_scenes)}

@@ -165,5 +165,6 @@ def test_splits(tmp_path):
   assert splits.load_pardom_split(js, 'test') == ['scene_000004']
   tr, va, te = (splits.procedural_split(s, 60) for s in ('train', 'val', 'test'))
   assert (len(tr), len(va), len(te)) == (56, 2, 2) and not set(tr) & set(va) | set(tr) & set(te)
+  assert splits.procedural_split('train', 2) == [0, 1] and splits.procedural_split('val', 2) == []
   with pytest.raises(ValueError, match='unknown Kubric-4D split'):
     splits.kubric_split('training')

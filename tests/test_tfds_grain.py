@@ -22,6 +22,7 @@ def tiny_cfg(data_dir, **kw):
   cfg.dataset, cfg.builder_config, cfg.data_dir = 'kubric_4d', 'tiny', data_dir
   cfg.height, cfg.width, cfg.render_height, cfg.render_width = 16, 24, 28, 42
   cfg.batch_size, cfg.shard_index, cfg.shard_count, cfg.num_threads = 2, 0, 1, 1
+  cfg.cull_points = False  # fewer compiled variants; culling is checked on its own (test_point_culling_is_exact)
   for k, v in kw.items():
     cfg[k] = v
   return cfg
@@ -124,6 +125,7 @@ def test_iterator_save_restore_exact(kubric_tfds, tmp_path):
 
 
 def test_two_hosts_see_disjoint_data(kubric_tfds):
+  assert input_pipeline.resolve_shard(tiny_cfg(kubric_tfds, shard_index=-1, shard_count=-1)) == (0, 1)  # 1 process
   seen = []
   for shard in (0, 1):
     cfg = tiny_cfg(kubric_tfds, shard_index=shard, shard_count=2, batch_size=1)
@@ -198,6 +200,13 @@ def test_pardom_pipeline(tmp_path):
   np.testing.assert_allclose(ex['src_camera'][0, 0, :3, 3], (1.6, 0, 1.55))
   np.testing.assert_allclose(ex['dst_camera'][0, -1, :3, 3], (-8, 0, 8))
   assert ex['jpg'].shape == (1, 4, 16, 24, 3) and ex['cond_frames_without_noise'].min() >= -1
+  # Input video = yaw-0 RGB: 32×24 (4:3) → centre crop 32×21 (3:2) → bilinear 24×16.
+  import jax  # pylint: disable=g-import-not-at-top
+  from data_pipelines import pardom4d  # pylint: disable=g-import-not-at-top
+  scene = pardom4d.PardomScene(raw, int(ex['scene_idx'][0]))
+  frames = np.stack([scene.rgb('yaw-0', int(t)) for t in ex['clip_frames'][0]])[:, 1:22].astype(np.float32) / 255
+  expect = np.asarray(jax.image.resize(frames, (4, 16, 24, 3), 'linear', antialias=False)) * 2 - 1
+  np.testing.assert_allclose(ex['cond_frames_without_noise'][0], expect, atol=1e-6)
 
 
 def test_data_command_build(kubric_root, tmp_path, capsys):  # noqa: F811
@@ -212,6 +221,26 @@ def test_data_command_build(kubric_root, tmp_path, capsys):  # noqa: F811
   rc = main(['data', 'build', 'kubric_4d', '--data-dir', str(tmp_path / 'tfds2'), '--config', 'tiny',
              '--manual-dir', str(tmp_path / 'missing')])
   assert rc == 1 and 'manual_dir' in capsys.readouterr().err
+
+
+def test_candidate_mask_contains_every_kept_point():
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from gcd_jax.geometry import cameras, render  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  k = cameras.render_intrinsics(np.array([[1.0, 0, 0.5], [0, 1.5, 0.5], [0, 0, 1]]), 42, 28, 1.5)
+  cam = cameras.extrinsics_from_spherical([30.0, 20.0, 15.0])
+  pts = rng.uniform(-12, 12, (20000, 3))
+  # Points exactly on the render-image border rays and at the near plane (the edge cases of trunc/z>0.1).
+  z = rng.uniform(0.05, 20, 4000)
+  u = rng.choice([-1.0, -0.5, 41.5, 42.0, 0.0, 27.5, 28.0], 4000)
+  v = rng.choice([-1.0, -0.5, 27.5, 28.0, 0.0, 13.0], 4000)
+  cam_pts = np.stack([(u - k[0, 2]) * z / k[0, 0], (v - k[1, 2]) * z / k[1, 1], z], -1)
+  pts = np.concatenate([pts, cam_pts @ cam[:3, :3].T + cam[:3, 3]]).astype(np.float32)
+  kept = np.asarray(render.project_points(pts, k, cam, 28, 42)[2])
+  cand = np.asarray(input_pipeline.candidate_mask(jnp.asarray(pts), jnp.asarray(k, jnp.float32),
+                                                  jnp.asarray(cam, jnp.float32), 28, 42))
+  assert kept.sum() > 1000 and not np.any(kept & ~cand)
+  assert (cand & ~kept)[:20000].sum() < 0.01 * cand[:20000].sum()  # random points: only the margin extra
 
 
 def test_point_culling_is_exact(kubric_tfds):
