@@ -639,11 +639,12 @@ def write_kubric_scene(scene: ProceduralScene, root: str, scene_idx: int, overwr
       for t in range(scene.num_frames):
         rgb, depth, segm = scene.render(v, t)
         rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], -1)
-        Image.fromarray(rgba, 'RGBA').save(os.path.join(fdir, f'rgba_{t:05d}.png'))
+        # compress_level 1: ~5x faster than PIL's default 6 for ~10% larger files (lossless either way).
+        Image.fromarray(rgba, 'RGBA').save(os.path.join(fdir, f'rgba_{t:05d}.png'), compress_level=1)
         tifffile.imwrite(os.path.join(fdir, f'depth_{t:05d}.tiff'), depth.astype(np.float32))
         seg = Image.fromarray(segm, 'P')
         seg.putpalette(flat_palette)
-        seg.save(os.path.join(fdir, f'segmentation_{t:05d}.png'))
+        seg.save(os.path.join(fdir, f'segmentation_{t:05d}.png'), compress_level=1)
     if os.path.exists(final):  # overwrite: move the old one aside first, then swap in
       trash = f'{tmp}.old'
       os.rename(final, trash)
