@@ -315,7 +315,10 @@ def clip_config_from_transformers(config_json_path: str) -> ml_collections.Confi
   if 'vision_config' in raw:  # a full CLIPConfig
     raw = raw['vision_config'] or {}
   raw = {k: v for k, v in raw.items() if not k.startswith('_')}
-  hf = CLIPVisionConfig(**raw)
+  try:
+    hf = CLIPVisionConfig(**raw)
+  except Exception as e:  # transformers validates (e.g. hidden size vs heads) with its own error types
+    raise ValueError(f'{path} is not a valid CLIPVisionConfig: {e}') from e
   if getattr(hf, 'num_channels', 3) != 3:
     raise ValueError(f'{path}: num_channels={hf.num_channels}; the CLIP tower takes RGB (3)')
   if hf.hidden_act not in ACTIVATIONS:
