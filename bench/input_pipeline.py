@@ -46,7 +46,6 @@ def main():
   ap.add_argument('--source-size', default='576x384', help='WxH of the generated scene views (Kubric-4D: 576x384).')
   ap.add_argument('--frames-per-scene', type=int, default=16, help='≥ 14; Kubric has 60 (only 14 are read per example).')
   ap.add_argument('--cores', type=int, default=1, help='Pin the process to this many CPU cores (per-core rate).')
-  ap.add_argument('--no-cull', action='store_true', help='Disable the exact frustum culling (cfg.cull_points).')
   ap.add_argument('--mfu', type=float, default=0.4)
   ap.add_argument('--workdir', default=None)
   args = ap.parse_args()
@@ -63,8 +62,7 @@ def main():
   tfds_builders.generate_scenes(raw, range(args.scenes), preset='kubric',
                                 overrides={'width': w, 'height': h, 'num_frames': args.frames_per_scene})
   gen_s = time.perf_counter() - t0
-  results = {'source_size': [w, h], 'views': 16, 'scenes': args.scenes, 'cores': len(cores),
-             'cull_points': not args.no_cull, 'generate_s_per_scene': gen_s / args.scenes}
+  results = {'source_size': [w, h], 'views': 16, 'scenes': args.scenes, 'cores': len(cores), 'generate_s_per_scene': gen_s / args.scenes}
 
   # procedural path: TFDS records.
   t0 = time.perf_counter()
@@ -73,7 +71,7 @@ def main():
   results['tfds_build_s'] = time.perf_counter() - t0
   cfg = input_pipeline.data_config('procedural')
   cfg.update(dict(data_dir=os.path.join(work, 'tfds'), builder_config='full', manual_dir=raw, split='train',
-                  shard_index=0, shard_count=1, num_threads=1, cull_points=not args.no_cull))
+                  shard_index=0, shard_count=1, num_threads=1))
   del builder
   paths = {'procedural': (cfg, None)}
 
@@ -82,8 +80,7 @@ def main():
   for i in range(args.scenes):
     pointcloud_store.build_scene_store(kubric4d.KubricScene(raw, i), pcl)
   cfg_p = input_pipeline.data_config('procedural')
-  cfg_p.update(dict(source='pointcloud', pcl_root=pcl, shard_index=0, shard_count=1, num_threads=1,
-                    cull_points=not args.no_cull))
+  cfg_p.update(dict(source='pointcloud', pcl_root=pcl, shard_index=0, shard_count=1, num_threads=1))
   paths['pointcloud'] = (cfg_p, None)
 
   for name, (c, _) in paths.items():
@@ -91,16 +88,11 @@ def main():
     t0 = time.perf_counter()
     maker(0)  # warm-up: jit compile
     warm = time.perf_counter() - t0
-    # Steady state: examples that compiled a new culling budget (at most CULL_BUCKETS per process, once)
-    # are timed separately, then replaced by further examples.
-    times, compiled, i = [], [], 1
-    while len(times) < args.examples and i < 20 * args.examples:
-      n_before = input_pipeline._jitted_culled_renderer.cache_info().currsize
+    times = []
+    for i in range(1, args.examples + 1):
       t0 = time.perf_counter()
       ex = maker(i)
-      dt_i = time.perf_counter() - t0
-      (compiled if input_pipeline._jitted_culled_renderer.cache_info().currsize > n_before else times).append(dt_i)
-      i += 1
+      times.append(time.perf_counter() - t0)
     dt = float(np.median(times))
     assert ex['jpg'].shape == (14, 256, 384, 3)
     t0 = time.perf_counter()
@@ -108,8 +100,7 @@ def main():
       maker.source.load_clip(0, ex['clip_frames'])
     load = (time.perf_counter() - t0) / args.examples
     results[name] = {'s_per_example': dt, 'examples_per_s_per_core': 1.0 / dt / len(cores),
-                     'load_s_per_example': load, 'first_example_s': warm, 'timed_examples': len(times),
-                     'examples_with_compile_s': compiled}
+                     'load_s_per_example': load, 'first_example_s': warm, 'times_s': times}
   best = max(results['procedural']['examples_per_s_per_core'], results['pointcloud']['examples_per_s_per_core'])
   worst = min(results['procedural']['examples_per_s_per_core'], results['pointcloud']['examples_per_s_per_core'])
   results['tpu_v5p_host'] = host_cores_needed(worst, args.mfu)

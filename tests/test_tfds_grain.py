@@ -22,7 +22,6 @@ def tiny_cfg(data_dir, **kw):
   cfg.dataset, cfg.builder_config, cfg.data_dir = 'kubric_4d', 'tiny', data_dir
   cfg.height, cfg.width, cfg.render_height, cfg.render_width = 16, 24, 28, 42
   cfg.batch_size, cfg.shard_index, cfg.shard_count, cfg.num_threads = 2, 0, 1, 1
-  cfg.cull_points = False  # fewer compiled variants; culling is checked on its own (test_point_culling_is_exact)
   for k, v in kw.items():
     cfg[k] = v
   return cfg
@@ -221,46 +220,6 @@ def test_data_command_build(kubric_root, tmp_path, capsys):  # noqa: F811
   rc = main(['data', 'build', 'kubric_4d', '--data-dir', str(tmp_path / 'tfds2'), '--config', 'tiny',
              '--manual-dir', str(tmp_path / 'missing')])
   assert rc == 1 and 'manual_dir' in capsys.readouterr().err
-
-
-def test_candidate_mask_contains_every_kept_point():
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from gcd_jax.geometry import cameras, render  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(0)
-  k = cameras.render_intrinsics(np.array([[1.0, 0, 0.5], [0, 1.5, 0.5], [0, 0, 1]]), 42, 28, 1.5)
-  cam = cameras.extrinsics_from_spherical([30.0, 20.0, 15.0])
-  pts = rng.uniform(-12, 12, (20000, 3))
-  # Points exactly on the render-image border rays and at the near plane (the edge cases of trunc/z>0.1).
-  z = rng.uniform(0.05, 20, 4000)
-  u = rng.choice([-1.0, -0.5, 41.5, 42.0, 0.0, 27.5, 28.0], 4000)
-  v = rng.choice([-1.0, -0.5, 27.5, 28.0, 0.0, 13.0], 4000)
-  cam_pts = np.stack([(u - k[0, 2]) * z / k[0, 0], (v - k[1, 2]) * z / k[1, 1], z], -1)
-  pts = np.concatenate([pts, cam_pts @ cam[:3, :3].T + cam[:3, 3]]).astype(np.float32)
-  kept = np.asarray(render.project_points(pts, k, cam, 28, 42)[2])
-  cand = np.asarray(input_pipeline.candidate_mask(jnp.asarray(pts), jnp.asarray(k, jnp.float32),
-                                                  jnp.asarray(cam, jnp.float32), 28, 42))
-  assert kept.sum() > 1000 and not np.any(kept & ~cand)
-  assert (cand & ~kept)[:20000].sum() < 0.01 * cand[:20000].sum()  # random points: only the margin extra
-
-
-def test_point_culling_is_exact(kubric_tfds):
-  cfg = tiny_cfg(kubric_tfds, seed=7)
-  src = input_pipeline.make_source(cfg)
-  maker = input_pipeline.ExampleMaker(cfg, src)
-  rng = np.random.default_rng(0)
-  clip = input_pipeline.sample_clip_and_cameras(rng, 6, cfg)
-  data = src.load_clip(1, clip['clip_frames'])
-  xyz, rgb = input_pipeline.clip_points(data)
-  k = input_pipeline.render_intrinsics(data['intrinsics'][0], (36, 24), (cfg.render_height, cfg.render_width))
-  cams = np.stack([clip['src_camera'], clip['dst_camera']])
-  counts = np.asarray(input_pipeline._jitted_kept_counts((cfg.render_height, cfg.render_width))(
-      xyz, k.astype(np.float32), cams.astype(np.float32)))
-  assert counts.max() < xyz.shape[1]  # something is culled, so the compacted path really runs
-  culled = input_pipeline.render_clip(xyz, rgb, k, cams, cfg)
-  cfg.cull_points = False
-  full = input_pipeline.render_clip(xyz, rgb, k, cams, cfg)
-  np.testing.assert_allclose(culled, full, atol=1e-5)
-  del maker
 
 
 def test_procedural_builder_end_to_end(tmp_path):
