@@ -111,10 +111,11 @@ def test_occlusion_resolves_to_nearer_surface():
   np.testing.assert_allclose(img[12, 8:11], np.broadcast_to([0, 0, 1], (3, 3)), atol=1e-6)
 
 
-@pytest.mark.parametrize('case', ['kubric_dense', 'kubric_wide_depth', 'pardom_far', 'extreme_strength'])
+@pytest.mark.parametrize('case', ['kubric_dense', 'kubric_wide_depth', 'pardom_far', 'extreme_strength',
+                                  'procedural_scene'])
 def test_stable_renderer_equals_float64_reference(case):
   rng = np.random.default_rng({'kubric_dense': 0, 'kubric_wide_depth': 1, 'pardom_far': 2,
-                               'extreme_strength': 3}[case])
+                               'extreme_strength': 3, 'procedural_scene': 4}[case])
   c2w = cameras.extrinsics_from_spherical([30.0, 20.0, 15.0])
   strength, log_space = None, False
   if case == 'kubric_dense':
@@ -126,11 +127,17 @@ def test_stable_renderer_equals_float64_reference(case):
     pts = rng.uniform(-1, 1, size=(400, 3)) * [5, 5, 1] + [0, 0, 1]
     pts[:60] *= 200
     c2w = cameras.extrinsics_from_look_at([-8, 0, 8], [5.6, 0, 1.55])
-  else:  # strength 2000: exp(±2000) overflows even float64 → compare with the log-space float64 formula
+  elif case == 'extreme_strength':  # exp(±2000) overflows even float64 → log-space float64 formula
     pts = rng.normal(size=(400, 3)) * 2 + [0, 0, 1]
     strength, log_space = 2000.0, True
+  col = rng.uniform(size=(len(pts) if case != 'procedural_scene' else 1, 3)).astype(np.float32)
+  if case == 'procedural_scene':  # merged 16-view cloud of a real (procedural) scene, 2 m … 55 m depths
+    scene = procedural.generate_scene(0, procedural.scene_config('test', height=24, width=36))
+    views = [scene.render(v, 0) for v in range(16)]
+    pts, col = pointcloud.merge_views(np.stack([v[1] for v in views]), np.stack([v[0] for v in views]) / 255.0,
+                                      scene.intrinsics, scene.extrinsics, ray_depth=True)
+    col = col.astype(np.float32)
   pts = pts.astype(np.float32)  # the reference stores float16/float32 points; both sides see these values
-  col = rng.uniform(size=(len(pts), 3)).astype(np.float32)
   ref, ref_mask = reference_render(pts, col, K_SMALL, c2w.astype(np.float32).astype(np.float64), H_SMALL,
                                    W_SMALL, strength, log_space)
   out, mask = render.render_point_cloud(pts, col, K_SMALL, c2w, H_SMALL, W_SMALL, strength=strength)

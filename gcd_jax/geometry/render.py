@@ -102,7 +102,7 @@ def render_point_cloud(points, colors, k_pixels, c2w, height: int, width: int, *
      mask_nonempty [H, W] bool (some point or neighbour splat landed)).
   """
   colors = jnp.asarray(colors, jnp.float32)
-  n, c = colors.shape
+  c = colors.shape[-1]
   uv, z, kept = project_points(points, k_pixels, c2w, height, width)
   if valid is not None:
     kept = kept & jnp.asarray(valid, bool)
