@@ -146,7 +146,8 @@ class TfdsSceneSource:
     return scene_idx, name, frames
 
   def load_clip(self, pos: int, frames) -> dict[str, np.ndarray]:
-    """→ rgb [T, V, H, W, 3] uint8, depth [T, V, H, W] f32, intrinsics [V, 3, 3], extrinsics [T, V, 4, 4]."""
+    """→ rgb [T, V, H, W, 3] uint8, depth [T, V, H, W] f32 (stored f16), intrinsics [V, 3, 3],
+    extrinsics [T, V, 4, 4]."""
     scene_idx, name, avail, first = self.scenes[pos]
     recs = []
     for t in frames:
@@ -155,7 +156,8 @@ class TfdsSceneSource:
         raise RuntimeError(f'record for {name} frame {t} has id {rec["id"]}; the dataset index is stale — '
                            'rebuild the TFDS dataset.')
       recs.append(rec)
-    return {'rgb': np.stack([r['rgb'] for r in recs]), 'depth': np.stack([r['depth'] for r in recs]),
+    return {'rgb': np.stack([r['rgb'] for r in recs]),
+            'depth': np.stack([r['depth'] for r in recs]).astype(np.float32),
             'intrinsics': np.asarray(recs[0]['intrinsics'], np.float32),
             'extrinsics': np.stack([r['extrinsics'] for r in recs]).astype(np.float32),
             'dset': int(recs[0]['dset'])}

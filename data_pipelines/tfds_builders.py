@@ -2,7 +2,7 @@
 
 One record per (scene, frame) holding everything needed to render that frame from any camera: the
 RGB-D views of all V static cameras plus their cameras (gcd_spec.md §4.4's merged point cloud is the
-unprojection of exactly these, done at read time — planar depth at 4 B/pixel compresses better than
+unprojection of exactly these, done at read time — float16 planar depth at 2 B/pixel is a third of
 float16 xyz at 6 B/pixel and keeps the views for the PD input video).
 
 Features (stack.md: `Tensor` features only — `Video`/`Image` need TensorFlow):
@@ -13,7 +13,10 @@ Features (stack.md: `Tensor` features only — `Video`/`Image` need TensorFlow):
   split        Text
   dset         int32   1 = Kubric-like (procedural, Kubric-4D), 2 = ParallelDomain (§4.10)
   rgb          uint8   [V, H, W, 3] (ZLIB)
-  depth        float32 [V, H, W] planar camera z in metres (Kubric ray depth corrected as §4.4) (ZLIB)
+  depth        float16 [V, H, W] planar camera z in metres (Kubric ray depth corrected as §4.4) (ZLIB).
+                       float16 like the reference's stored xyz (§4.4): ≤ 0.05 % relative error, and it
+                       compresses ~16× (float32: 1.4×) and decodes 7× faster — decoding was a third of the
+                       per-example cost with float32 depth
   segm         uint8   [V, H, W] instance id (Kubric) / semantic class id (PD) (ZLIB)
   intrinsics   float32 [V, 3, 3] pixels
   extrinsics   float32 [V, 4, 4] camera-to-world (right, down, forward), §4.9
@@ -54,7 +57,7 @@ def _features() -> tfds.features.FeaturesDict:
       'split': tfds.features.Text(),
       'dset': np.int32,
       'rgb': tfds.features.Tensor(shape=(None, None, None, 3), dtype=np.uint8, encoding=_ZLIB),
-      'depth': tfds.features.Tensor(shape=(None, None, None), dtype=np.float32, encoding=_ZLIB),
+      'depth': tfds.features.Tensor(shape=(None, None, None), dtype=np.float16, encoding=_ZLIB),
       'segm': tfds.features.Tensor(shape=(None, None, None), dtype=np.uint8, encoding=_ZLIB),
       'intrinsics': tfds.features.Tensor(shape=(None, 3, 3), dtype=np.float32),
       'extrinsics': tfds.features.Tensor(shape=(None, 4, 4), dtype=np.float32),
@@ -82,7 +85,7 @@ def scene_frame_record(scene, frame: int, split: str) -> dict:
   return {
       'id': record_id(scene.scene_idx, frame), 'scene_name': scene.name, 'scene_idx': scene.scene_idx,
       'frame': frame, 'split': split, 'dset': DSET_KUBRIC if is_kubric else DSET_PARDOM,
-      'rgb': np.stack(rgb), 'depth': np.stack(depth).astype(np.float32), 'segm': np.stack(segm),
+      'rgb': np.stack(rgb), 'depth': np.stack(depth).astype(np.float16), 'segm': np.stack(segm),
       'intrinsics': np.stack(intr).astype(np.float32), 'extrinsics': np.stack(extr).astype(np.float32),
   }
 
