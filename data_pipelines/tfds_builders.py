@@ -93,8 +93,9 @@ def scene_frame_record(scene, frame: int, split: str) -> dict:
 class _SceneFramesBuilder(tfds.core.GeneratorBasedBuilder):
   """Shared writer: subclasses list the scenes of each split (`_scenes(split)` → readers)."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Per-(scene, frame) RGB-D views + cameras.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Per-(scene, frame) RGB-D views + cameras.',
+                   '1.1.0': 'Planar depth stored as float16 (was float32).'}
 
   # No download URLs. Overriding `code_path` also keeps TFDS from probing package resources through
   # `importlib_resources`, which tensorflow-datasets 4.9.10 uses but does not install on Python 3.11.
