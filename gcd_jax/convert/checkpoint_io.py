@@ -4,13 +4,17 @@ Layout of a checkpoint folder DIR:
 
   DIR/metadata.json   {"format": "gcd-jax-model", "version": 1, "model_config": {...}, "components":
                        [...], "dtype": ..., "source": {...}, "param_counts": {...}, ...}
-  DIR/network/        Orbax PyTree checkpoint: the nnx.Param state of GCDNetwork (`unet` +
-                      `camera_embedder`) as a pure dict (`nnx.State.to_pure_dict()`, list indices as int
-                      keys), Flax layout (kernels channels-last / (in, out)).
-  DIR/vae/            same for AutoencoderKLTemporalDecoder
-  DIR/clip/           same for CLIPVisionModelWithProjection
+  DIR/network/index.json       {"leaves": [[path, shape, dtype, part], ...], "parts": n}
+  DIR/network/part_000/ ...    Orbax PyTree checkpoints, each a subset (≤ ~0.5 GB) of the nnx.Param
+                               state of GCDNetwork (`unet` + `camera_embedder`) as a pure dict
+                               (`nnx.State.to_pure_dict()` paths, list indices as int keys), Flax
+                               layout (kernels channels-last / (in, out)).
+  DIR/vae/, DIR/clip/          the same for AutoencoderKLTemporalDecoder, CLIPVisionModelWithProjection
 
-Each component is its own Orbax item so that the converter can write (and free) one at a time, and a
+Why parts: Orbax (0.12.8, tensorstore) holds a full extra copy of what one `save` call writes until it
+commits (measured: +3.2 GB for a 3.1 GB tree, whatever save_concurrent_gb says), so one 6.1 GB U-Net
+item would cost 12 GB. Writing ≤ 0.5 GB parts one after another keeps the converter streaming: it
+fills, saves and frees one part at a time (bench/convert_memory.py). Each component is separate so a
 sampler can restore only what it needs. Restoring onto a mesh passes the target shardings straight to
 Orbax (`restore_model_checkpoint(..., shardings=...)`), so every host reads only its shards.
 """
@@ -110,14 +114,6 @@ def config_from_dict(d: Mapping) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(fix(dict(d)))
 
 
-def _checkpointer():
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  # save_concurrent_gb bounds the host copies Orbax makes while writing: the converter must stay
-  # within ~1.3× the weights in resident memory (bench/convert_memory.py).
-  return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(save_concurrent_gb=1,
-                                                      save_device_host_concurrent_gb=1))
-
-
 def _pure(state) -> dict:
   if isinstance(state, nnx.State):
     return state.to_pure_dict()
@@ -126,12 +122,77 @@ def _pure(state) -> dict:
   return state
 
 
-def save_component(tmp_dir: str, component: str, state) -> None:
+PART_BYTES = 512 * 2 ** 20
+INDEX = 'index.json'
+
+
+def _flatten(tree: Mapping, prefix: tuple = ()) -> list[tuple[tuple, Any]]:
+  out = []
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      out += _flatten(v, prefix + (k,))
+    else:
+      out.append((prefix + (k,), v))
+  return out
+
+
+def _nest(flat: Iterable[tuple[tuple, Any]]) -> dict:
+  tree: dict = {}
+  for path, value in flat:
+    node = tree
+    for p in path[:-1]:
+      node = node.setdefault(p, {})
+    node[path[-1]] = value
+  return tree
+
+
+class ComponentWriter:
+  """Writes one component as a sequence of Orbax parts: `add(path, array)` ... `close()`.
+
+  Arrays are buffered until `part_bytes` accumulate, saved as one part and released, so at most one
+  part (plus Orbax's copy of it) is in memory: the converter allocates each array just before `add`.
+  """
+
+  def __init__(self, tmp_dir: str, component: str, part_bytes: int = PART_BYTES):
+    self.folder = os.path.join(os.path.abspath(tmp_dir), component)
+    os.makedirs(self.folder)
+    self.part_bytes = part_bytes
+    self._pending: list[tuple[tuple, Any]] = []
+    self._pending_bytes = 0
+    self.leaves: list[list] = []
+    self.parts = 0
+
+  def add(self, path: tuple, array) -> None:
+    self._pending.append((tuple(path), array))
+    self._pending_bytes += int(np.prod(np.shape(array))) * np.dtype(array.dtype).itemsize
+    if self._pending_bytes >= self.part_bytes:
+      self.flush()
+
+  def flush(self) -> None:
+    if not self._pending:
+      return
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    # jnp.asarray of an aligned numpy array is zero-copy on CPU.
+    tree = _nest((p, jax.numpy.asarray(a)) for p, a in self._pending)
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
+      ckptr.save(os.path.join(self.folder, f'part_{self.parts:03d}'), args=ocp.args.PyTreeSave(tree))
+    for p, a in self._pending:
+      self.leaves.append([list(p), list(np.shape(a)), str(np.dtype(a.dtype)), self.parts])
+    self.parts += 1
+    self._pending, self._pending_bytes = [], 0
+
+  def close(self) -> None:
+    self.flush()
+    with open(os.path.join(self.folder, INDEX), 'w') as f:
+      json.dump(dict(parts=self.parts, leaves=self.leaves), f)
+
+
+def save_component(tmp_dir: str, component: str, state, part_bytes: int = PART_BYTES) -> None:
   """Writes one component (nnx.State, module, or pure dict of numpy / jax arrays) under `tmp_dir`."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  tree = jax.tree.map(jax.numpy.asarray, _pure(state))  # zero-copy for aligned numpy on CPU
-  with _checkpointer() as ckptr:
-    ckptr.save(os.path.join(os.path.abspath(tmp_dir), component), args=ocp.args.PyTreeSave(tree))
+  writer = ComponentWriter(tmp_dir, component, part_bytes)
+  for path, a in _flatten(_pure(state)):
+    writer.add(path, a)
+  writer.close()
 
 
 def write_metadata(tmp_dir: str, cfg: ml_collections.ConfigDict, meta: Mapping[str, Any],
@@ -159,7 +220,8 @@ def finalize(tmp_dir: str, out_dir: str) -> None:
 
 
 def save_model_checkpoint(out_dir: str, network_state, vae_state, clip_state,
-                          cfg: ml_collections.ConfigDict, meta: Mapping[str, Any] | None = None) -> str:
+                          cfg: ml_collections.ConfigDict, meta: Mapping[str, Any] | None = None,
+                          *, part_bytes: int = PART_BYTES) -> str:
   """Writes a model checkpoint folder (see module docstring); states may be None to omit a component.
 
   States: nnx.State (Param), nnx.Module, or pure dicts. Written to a temporary folder and renamed, so
@@ -170,7 +232,7 @@ def save_model_checkpoint(out_dir: str, network_state, vae_state, clip_state,
     written = []
     for name, state in zip(COMPONENTS, (network_state, vae_state, clip_state)):
       if state is not None:
-        save_component(tmp, name, state)
+        save_component(tmp, name, state, part_bytes)
         written.append(name)
     write_metadata(tmp, cfg, meta or {}, written)
     finalize(tmp, out_dir)
@@ -211,41 +273,48 @@ def _target(abstract_params: dict, shardings) -> dict:
                       abstract_params, shard_tree)
 
 
+def _read_index(ckpt_dir: str, component: str) -> dict:
+  path = os.path.join(os.path.abspath(ckpt_dir), component, INDEX)
+  if not os.path.exists(path):
+    raise CheckpointError(f'{ckpt_dir} has no complete `{component}` item ({path} missing)')
+  with open(path) as f:
+    return json.load(f)
+
+
 def restore_component(ckpt_dir: str, cfg: ml_collections.ConfigDict, component: str,
                       shardings=None) -> nnx.Module:
   """One component's module, parameters restored (onto `shardings` if given)."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  path = os.path.join(os.path.abspath(ckpt_dir), component)
-  if not os.path.isdir(path):
-    raise CheckpointError(f'{ckpt_dir} has no `{component}` item')
+  index = _read_index(ckpt_dir, component)
   abstract = abstract_module(cfg, component)
   graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
   if jax.tree.leaves(rest):
     raise CheckpointError(f'{component}: module holds non-parameter state, which this format does '
                           'not store')
   abstract_pure = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), params.to_pure_dict())
-  target = _target(abstract_pure, shardings)
+  target = dict(_flatten(_target(abstract_pure, shardings)))
+  stored = {tuple(p): (tuple(shape), part) for p, shape, _, part in index['leaves']}
+  _check_shapes(component, ckpt_dir, {p: v[0] for p, v in stored.items()},
+                {p: tuple(t.shape) for p, t in target.items()})
+  restored = []
   with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
-    stored = ckptr.metadata(path).item_metadata.tree
-    _check_shapes(component, ckpt_dir, stored, abstract_pure)
-    restored = ckptr.restore(path, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)))
-  nnx.replace_by_pure_dict(params, restored)
+    for part in range(index['parts']):
+      sub = _nest((p, target[p]) for p, (_, q) in stored.items() if q == part)
+      got = ckptr.restore(
+          os.path.join(os.path.abspath(ckpt_dir), component, f'part_{part:03d}'),
+          args=ocp.args.PyTreeRestore(
+              item=sub, restore_args=ocp.checkpoint_utils.construct_restore_args(sub)))
+      restored += _flatten(got)
+  nnx.replace_by_pure_dict(params, _nest(restored))
   return nnx.merge(graphdef, params, rest)
 
 
-def _check_shapes(component: str, ckpt_dir: str, stored, expected: dict) -> None:
+def _check_shapes(component: str, ckpt_dir: str, have: dict, want: dict) -> None:
   from gcd_jax.convert.torch_layout import WeightLoadError  # pylint: disable=g-import-not-at-top
-
-  def flat(tree):
-    out = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-      out['.'.join(str(getattr(p, 'key', getattr(p, 'idx', p))) for p in path)] = tuple(leaf.shape)
-    return out
-  have, want = flat(stored), flat(expected)
-  missing = sorted(set(want) - set(have))
-  unexpected = sorted(set(have) - set(want))
-  mismatched = sorted((k, have[k], want[k]) for k in set(want) & set(have) if have[k] != want[k])
+  name = lambda p: '.'.join(map(str, p))  # noqa: E731
+  missing = sorted(name(p) for p in set(want) - set(have))
+  unexpected = sorted(name(p) for p in set(have) - set(want))
+  mismatched = sorted((name(p), have[p], want[p]) for p in set(want) & set(have) if have[p] != want[p])
   if missing or unexpected or mismatched:
     raise WeightLoadError(f'{component} from {ckpt_dir}', missing, unexpected, mismatched,
                           hint='the checkpoint was written for another model config; restore with '

@@ -6,10 +6,10 @@
 2. checks the file against that list before writing anything: every missing, unexpected or mis-shaped
    key is reported at once (WeightLoadError), with a hint (`--init-missing`, or the preset the file
    looks like);
-3. streams: for one component at a time it preallocates numpy buffers in Flax layout, reads each
-   tensor, applies the (bijective) sgm transform and the PyTorch → Flax transpose into its buffer,
-   writes the component with Orbax and frees it. Peak memory ≈ the largest component (the U-Net) plus
-   Orbax's bounded write buffers, well under the 1.3 × file size budget (bench/convert_memory.py);
+3. streams: reads one tensor at a time, applies the (bijective) sgm transform and the PyTorch → Flax
+   transpose into a fresh buffer and hands it to `checkpoint_io.ComponentWriter`, which saves and
+   frees ~0.5 GB Orbax parts as they fill. Peak memory is a few GB whatever the model size, far
+   under the 1.3 × file size budget (bench/convert_memory.py);
 4. writes into a temporary sibling folder renamed to `out_dir` at the end: a failure leaves nothing.
 
 `--init-missing` initialises exactly the GCD camera layers that `svd.safetensors` lacks
@@ -252,16 +252,6 @@ def _torch_linear_init(specs: dict[str, LeafSpec], keys: list[str], rng: np.rand
   return out
 
 
-def _nested(flat: dict[tuple, np.ndarray]) -> dict:
-  tree: dict = {}
-  for path, value in flat.items():
-    node = tree
-    for p in path[:-1]:
-      node = node.setdefault(p, {})
-    node[path[-1]] = value
-  return tree
-
-
 def _progress(total: int, enabled: bool, desc: str):
   if not enabled:
     return None
@@ -328,16 +318,19 @@ def _write(fmt, source, cfg, specs, plan: Plan, tmp: str, store_dtype, seed, pro
   try:
     for comp in checkpoint_io.COMPONENTS:
       comp_specs = specs[comp]
-      buffers = {s.path: np.empty(s.flax_shape, store_dtype) for s in comp_specs.values()}
+      writer = checkpoint_io.ComponentWriter(tmp, comp)
       filled = set()
 
-      def put(key, array, comp_specs=comp_specs, buffers=buffers, filled=filled):
+      def put(key, array, comp_specs=comp_specs, writer=writer, filled=filled):
         spec = comp_specs[key]
         a = np.asarray(array)
         if a.shape != spec.torch_shape:  # guarded by plan_conversion; a transform bug otherwise
           raise AssertionError(f'{comp}:{key}: got {a.shape}, expected {spec.torch_shape}')
-        np.copyto(buffers[spec.path], np.transpose(a, spec.perm) if spec.perm else a,
-                  casting='unsafe')
+        # Each parameter is allocated just before the writer takes it; the writer saves and frees
+        # ~0.5 GB parts, so memory stays bounded whatever the model size.
+        buf = np.empty(spec.flax_shape, store_dtype)
+        np.copyto(buf, np.transpose(a, spec.perm) if spec.perm else a, casting='unsafe')
+        writer.add(spec.path, buf)
         filled.add(key)
 
       for m in by_component.get(comp, []):
@@ -359,12 +352,11 @@ def _write(fmt, source, cfg, specs, plan: Plan, tmp: str, store_dtype, seed, pro
       left = sorted(set(comp_specs) - filled)
       if left:
         raise AssertionError(f'{comp}: parameters not filled: {left[:10]}')
+      writer.close()
       if comp == 'vae' and plan.duplicates:
         read += _compare_duplicates(source, plan.duplicates, warn, bar)
-      param_counts[comp] = int(sum(b.size for b in buffers.values()))
-      tensor_counts[comp] = len(buffers)
-      checkpoint_io.save_component(tmp, comp, _nested(buffers))
-      del buffers
+      param_counts[comp] = int(sum(math.prod(s.flax_shape) for s in comp_specs.values()))
+      tensor_counts[comp] = len(comp_specs)
   finally:
     if bar is not None:
       bar.close()
