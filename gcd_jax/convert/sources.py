@@ -190,8 +190,11 @@ def open_lightning_checkpoint(path: str | os.PathLike) -> dict:
   """
   import pickle  # pylint: disable=g-import-not-at-top
   import zipfile  # pylint: disable=g-import-not-at-top
-
-  import torch  # pylint: disable=g-import-not-at-top
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise WeightFileError('reading a Lightning .ckpt needs PyTorch (CPU is enough): '
+                          'pip install torch==2.13.0') from e
   path = os.fspath(path)
   if not os.path.exists(path):
     raise WeightFileError(f'{path}: no such file')
