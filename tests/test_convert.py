@@ -549,6 +549,24 @@ def test_restore_sharded(converted, restored):
     checkpoint_io.restore_model_checkpoint(converted['sgm'], wide, components=('network',))
 
 
+def test_bfloat16_storage(ref, tmp_path):
+  """--dtype bfloat16 stores bf16; restore gives the model's float32 params = bf16-rounded weights."""
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
+  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+  out = tmp_path / 'bf16'
+  assert _cli_convert('sgm', ref['files']['sgm'], out, '--dtype', 'bfloat16') == 0
+  net, _, _ = _restore(out)
+  sd = torch_state_dict(net)
+  for k, v in ref['ours']['network'].items():
+    assert sd[k].dtype == np.float32
+    assert np.array_equal(sd[k], v.astype(ml_dtypes.bfloat16).astype(np.float32)), k
+  exported = tmp_path / 'bf16.safetensors'
+  from gcd_jax.convert import export  # pylint: disable=g-import-not-at-top
+  export.export_checkpoint(str(out), 'sgm', str(exported), progress=False)
+  with safe_open(str(exported), 'pt') as f:
+    assert f.get_tensor(sgm_keys.UNET_PREFIX + 'out.2.weight').dtype == torch.bfloat16
+
+
 def test_save_model_checkpoint_in_parts(ref, restored, tmp_path):
   """save_model_checkpoint (the API training uses) splits components into Orbax parts; exact restore."""
   net, vae, clip = restored['sgm']
