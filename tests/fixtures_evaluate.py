@@ -11,17 +11,19 @@ TEST_SCENES = ('scn02900', 'scn02901')  # procedural scenes at Kubric test-split
 HW = (16, 24)               # model resolution of the tests (tiny model: VAE ×2, U-Net ×2 → multiple of 4)
 RENDER_HW = (28, 42)
 NUM_FRAMES = 4
+# procedural 'tiny' scenes, shortened (8 frames) and smaller (32×48) to keep the fixture fast
+SCENE_PRESET = 'tiny,num_frames=8,height=32,width=48'
 
 
 @pytest.fixture(scope='session')
 def eval_tfds(tmp_path_factory):
-  """TFDS data dir with a 2-scene test split of procedural scenes (geometry.procedural, tiny preset:
-  64×96, 12 frames, 16 views in Kubric-4D's layout) written at the Kubric test indices 2900/2901 and
+  """TFDS data dir with a 2-scene test split of procedural scenes (geometry.procedural, SCENE_PRESET:
+  32×48, 8 frames, 16 views in Kubric-4D's layout) written at the Kubric test indices 2900/2901 and
   built by the kubric_4d builder (the procedural_4d builder's own test split would need ≥ 60 scenes
   for 2 test scenes: 1/30 of the scenes)."""
   from data_pipelines import tfds_builders  # pylint: disable=g-import-not-at-top
   root = str(tmp_path_factory.mktemp('eval_scenes'))
-  tfds_builders.generate_scenes(root, [2900, 2901], preset='tiny', seed=0)
+  tfds_builders.generate_scenes(root, [2900, 2901], preset=SCENE_PRESET, seed=0)
   data_dir = str(tmp_path_factory.mktemp('eval_tfds'))
   tfds_builders.build('kubric_4d', data_dir=data_dir, config='tiny', manual_dir=root)
   return data_dir
@@ -35,15 +37,11 @@ def data_preset(data_dir: str) -> str:
 
 @pytest.fixture(scope='session')
 def tiny_checkpoint(tmp_path_factory):
-  """A gcd-jax model checkpoint of the `tiny` preset with random weights (seeded)."""
-  from flax import nnx  # pylint: disable=g-import-not-at-top
+  """A gcd-jax model checkpoint of the `tiny` preset with seeded random weights."""
   from configs import models  # pylint: disable=g-import-not-at-top
-  from gcd_jax.convert import checkpoint_io  # pylint: disable=g-import-not-at-top
-  cfg = models.get_config('tiny')
-  mods = [checkpoint_io.module_class(c)(cfg, rngs=nnx.Rngs(i)) for i, c in enumerate(checkpoint_io.COMPONENTS)]
+  from gcd_jax.evaluate import generator  # pylint: disable=g-import-not-at-top
   out = os.path.join(str(tmp_path_factory.mktemp('ckpt')), 'tiny')
-  checkpoint_io.save_model_checkpoint(out, *mods, cfg, meta={'source': {'kind': 'random', 'seed': 0}})
-  return out
+  return generator.write_random_checkpoint(out, models.get_config('tiny'), seed=0)
 
 
 def write_test_video(path: str, num_frames: int = 12, hw=(40, 56)) -> str:

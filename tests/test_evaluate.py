@@ -141,6 +141,7 @@ def _frames(out, scene):
     return json.load(f)['frame']
 
 
+@pytest.mark.slow
 def test_evaluate_end_to_end_resume_and_seed(eval_tfds, tiny_checkpoint, tmp_path, capsys):  # noqa: F811
   out_a, out_b = os.path.join(tmp_path, 'a'), os.path.join(tmp_path, 'b')
   # Interrupted run: one scene only.
@@ -183,6 +184,7 @@ def _sample(ckpt, inp, out, *extra):
                    '--no-progress', *extra])
 
 
+@pytest.mark.slow
 def test_sample_video_folder_and_bad_inputs(tiny_checkpoint, tmp_path, capsys):  # noqa: F811
   from PIL import Image
   video = write_test_video(os.path.join(tmp_path, 'clip.mp4'), num_frames=12)

@@ -327,6 +327,9 @@ class LoopStats:
   computed: list = dataclasses.field(default_factory=list)
   skipped: list = dataclasses.field(default_factory=list)
   seconds: float = 0.0
+  seconds_inputs: float = 0.0    # rendering input / GT / reproject videos
+  seconds_sampling: float = 0.0  # conditioning + guided sampling + decoding
+  seconds_scoring: float = 0.0   # metrics, galleries, JSON
 
 
 def run_loop(out_dir: str, scenes: Sequence[str], make_example: Callable[[str], dict],
@@ -352,13 +355,19 @@ def run_loop(out_dir: str, scenes: Sequence[str], make_example: Callable[[str], 
   t0 = time.perf_counter()
   for i in range(0, len(todo), batch_size):
     chunk = todo[i:i + batch_size]
+    t1 = time.perf_counter()
     examples = [make_example(s) for s in chunk]
+    t2 = time.perf_counter()
     samples = generate(examples)  # [B, S, T, H, W, 3]
+    t3 = time.perf_counter()
     for s, ex, smp in zip(chunk, examples, samples):
       write_scene(out_dir, s, ex, smp, score(smp, ex), settings, fps=ex.get('fps', 8))
       stats.computed.append(s)
       if bar is not None:
         bar.update(1)
+    stats.seconds_inputs += t2 - t1
+    stats.seconds_sampling += t3 - t2
+    stats.seconds_scoring += time.perf_counter() - t3
   if bar is not None:
     bar.close()
   stats.seconds = time.perf_counter() - t0
@@ -612,7 +621,7 @@ def evaluate_from_args(args) -> str:
   results = load_scene_results(args.out)
   table = write_reports(args.out, results, settings) if jax.process_index() == 0 else {}
   _atomic_json(os.path.join(args.out, f'progress_host{jax.process_index()}.json'),
-               {'computed': stats.computed, 'skipped': stats.skipped, 'seconds': stats.seconds})
+               dataclasses.asdict(stats))
   lines = [f'evaluated {len(stats.computed)} scenes ({len(stats.skipped)} already done) in '
            f'{stats.seconds:.1f}s; {len(results)} finished scenes in {args.out}']
   for m in ('psnr', 'ssim', 'psnr_occ', 'lpips', 'miou_video'):

@@ -120,96 +120,93 @@ def stack_examples(examples: Sequence[dict], batch_size: int) -> tuple[dict, int
   return {k: np.stack([np.asarray(e[k]) for e in padded]) for k in COND_KEYS if k in examples[0]}, n
 
 
+def random_params(abstract_pure: dict, seed: int) -> dict:
+  """Seeded random parameters for an abstract parameter tree, built in NumPy (no module construction:
+  eager init dispatches hundreds of small ops). Kernels / embeddings ~ N(0, 1/fan_in), norm scales 1,
+  biases 0, other leaves (mix factors) N(0, 0.02). For smoke runs, benchmarks and tests."""
+  rng = np.random.default_rng(seed)
+
+  def leaf(path, a):
+    name = str(getattr(path[-1], 'key', path[-1]))
+    if name == 'scale':
+      return np.ones(a.shape, np.float32)
+    if name == 'bias':
+      return np.zeros(a.shape, np.float32)
+    if name in ('kernel', 'embedding') and len(a.shape) >= 2:
+      return (rng.standard_normal(a.shape, np.float32) / np.sqrt(np.prod(a.shape[:-1]))).astype(np.float32)
+    return (0.02 * rng.standard_normal(a.shape, np.float32)).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(leaf, abstract_pure)
+
+
+def write_random_checkpoint(out_dir: str, model_cfg, seed: int = 0) -> str:
+  """A gcd-jax model checkpoint with random weights (random_params) for `model_cfg`."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from gcd_jax.convert import checkpoint_io  # pylint: disable=g-import-not-at-top
+  states = []
+  for i, comp in enumerate(checkpoint_io.COMPONENTS):
+    pure = nnx.state(checkpoint_io.abstract_module(model_cfg, comp), nnx.Param).to_pure_dict()
+    pure = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), pure)
+    states.append(random_params(pure, seed=seed * 3 + i))
+  return checkpoint_io.save_model_checkpoint(out_dir, *states, model_cfg,
+                                             meta={'source': {'kind': 'random', 'seed': seed}})
+
+
 # ------------------------------------------------------------------------------------------ sampling
-# The sampling math below follows gcd_spec.md §1.3 (conditioning), §1.7 (unconditional branch), §2.1
-# (VScalingWithEDMcNoise preconditioning) and §2.4 (EDM discretisation, Euler, LinearPredictionGuider).
+# The math is gcd_jax.diffusion's (Conditioner §1.3, unconditional branch §1.7, guided_denoise /
+# LinearPredictionGuider §2.4, EDM discretisation, decode_latents). We run the Euler loop ourselves only
+# to draw the initial noise per (video, sample) key: `diffusion.sampler.sample_latents` draws it from one
+# key for the whole batch, so its videos would depend on which other videos share the batch.
 
 
-def edm_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 700.0, rho: float = 7.0) -> np.ndarray:
-  """§2.4: N Karras sigmas from sigma_max to sigma_min, then 0 appended → [N + 1] float32."""
-  i = np.arange(steps, dtype=np.float64)
-  lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-  s = (hi + i / max(steps - 1, 1) * (lo - hi)) ** rho
-  return np.append(s, 0.0).astype(np.float32)
+def sample_videos(network, vae, clip, batch: dict, keys, cfg, diff_cfg):
+  """batch [B, T, ...] (COND_KEYS), keys uint32 [B, S, 2] → videos [B, S, T, H, W, 3] in [0, 1].
 
-
-def conditioning(network, vae, clip, batch: dict, cfg) -> tuple[dict, dict]:
-  """§1.3 / §1.7: per-row c and uc. batch arrays [B, T, ...] → dicts with crossattn [B·T, 1, D],
-  concat [B·T, h, w, 4] (VAE posterior mean with quant_conv, unscaled), vector [B·T, 768 (+ camera)].
-  uc = c with crossattn and concat zeroed; the vector (fps, motion, cond_aug, camera) is shared."""
+  Conditioning once per video (no dropout); per sample s: x_T = N(0, I)·√(1 + σ₀²) from keys[b, s] for
+  video b, then the guided Euler steps of `diffusion.sampler` (s_churn = 0) and the chunked decode."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from gcd_jax.models import clip as clip_lib  # pylint: disable=g-import-not-at-top
-  from gcd_jax.models.layers import timestep_embedding  # pylint: disable=g-import-not-at-top
-  b, t = batch['cond_frames'].shape[:2]
-  rows = lambda x: x.reshape((b * t,) + x.shape[2:])
-  clean = rows(batch['cond_frames_without_noise'])
-  tokens = clip(clip_lib.preprocess_frames_for_clip(clean, cfg.clip.image_size))
-  crossattn = tokens.astype(jnp.float32)[:, None, :]
-  concat, _ = vae.encode(rows(batch['cond_frames']), use_quant_conv=True)
-  e = int(cfg.unet.addition_time_embed_dim)
-  vector = [timestep_embedding(rows(batch['fps_id']), e), timestep_embedding(rows(batch['motion_bucket_id']), e),
-            timestep_embedding(rows(batch['cond_aug']), e)]
-  camera = batch['scaled_relative_pose'] if cfg.camera.embedder == 'pose' else batch['scaled_relative_angles']
-  vector.append(network.embed_camera(rows(camera)))
-  vector = jnp.concatenate(vector, -1)
-  c = {'crossattn': crossattn, 'concat': concat.astype(jnp.float32), 'vector': vector}
-  uc = {'crossattn': jnp.zeros_like(crossattn), 'concat': jnp.zeros_like(c['concat']), 'vector': vector}
-  return c, uc
-
-
-def guided_denoise(network, x, sigma, c, uc, scale, num_frames: int):
-  """x [N, h, w, 4], sigma scalar, scale [N] → guided x₀ prediction (§2.1, §2.4: one call on [uc; c])."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  n = x.shape[0]
-  s2 = sigma * sigma + 1.0
-  c_skip, c_out, c_in = 1.0 / s2, -sigma / jnp.sqrt(s2), 1.0 / jnp.sqrt(s2)
-  c_noise = jnp.full((2 * n,), 0.25 * jnp.log(sigma), jnp.float32)
-  x2 = jnp.concatenate([x, x], 0)
-  x_in = jnp.concatenate([x2 * c_in, jnp.concatenate([uc['concat'], c['concat']], 0)], -1)
-  context = jnp.concatenate([uc['crossattn'], c['crossattn']], 0)
-  y = jnp.concatenate([uc['vector'], c['vector']], 0)
-  f = network.unet(x_in, c_noise, context, y, num_frames=num_frames).astype(jnp.float32)
-  d = c_skip * x2 + c_out * f
-  d_u, d_c = d[:n], d[n:]
-  return d_u + scale[:, None, None, None] * (d_c - d_u)
-
-
-def sample_videos(network, vae, clip, batch: dict, keys, cfg, *, steps: int, guidance, decoding_t: int):
-  """batch [B, T, ...], keys uint32 [B, S, 2] → videos [B, S, T, H, W, 3] in [0, 1] (see VideoGenerator)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from gcd_jax.diffusion import conditioner as cond_lib  # pylint: disable=g-import-not-at-top
+  from gcd_jax.diffusion import sampler as sampler_lib  # pylint: disable=g-import-not-at-top
+  from gcd_jax.diffusion.denoiser import network_fn_from_unet  # pylint: disable=g-import-not-at-top
+  from gcd_jax.diffusion.discretization import edm_discretization, guidance_scales  # pylint: disable=g-import-not-at-top
   b, t, hp, wp = batch['cond_frames'].shape[:4]
-  c, uc = conditioning(network, vae, clip, batch, cfg)
+  rows = {k: v.reshape((b * t,) + v.shape[2:]) for k, v in batch.items()}
+  cond = cond_lib.Conditioner(cfg, vae, clip)(rows)  # key=None: no CFG dropout at sampling
+  c = cond_lib.append_camera(cond, network.embed_camera(cond['camera']))
+  cond2 = sampler_lib.double_batch(cond_lib.unconditional(c), c, t)
+  sc = diff_cfg.sampler
+  if sc.s_churn:
+    raise ValueError('evaluation sampling uses s_churn = 0 (the reference sampler settings, §2.4)')
+  sigmas = jnp.asarray(edm_discretization(sc.num_steps, sc.sigma_min, sc.sigma_max, sc.rho))
+  scales = jnp.asarray(guidance_scales(t, diff_cfg.guider.min_scale, diff_cfg.guider.max_scale))
+  network_fn = network_fn_from_unet(network.unet)
   latent_shape = c['concat'].shape[1:]
-  sigmas = jnp.asarray(edm_sigmas(steps))
-  scale = jnp.tile(jnp.linspace(guidance[0], guidance[1], t, dtype=jnp.float32), b)  # per frame (App. B)
+  last = sc.num_steps - 1
 
   def one(keys_s):  # [B, 2] → [B, T, H, W, 3]
     noise = jax.vmap(lambda k: jax.random.normal(jax.random.wrap_key_data(k), (t,) + latent_shape))(keys_s)
     x = noise.reshape((b * t,) + latent_shape) * jnp.sqrt(1.0 + sigmas[0] ** 2)
 
     def step(i, x):
-      x0 = guided_denoise(network, x, sigmas[i], c, uc, scale, t)
-      return x + (sigmas[i + 1] - sigmas[i]) * (x - x0) / sigmas[i]  # Euler; the last step lands on x₀
+      x0 = sampler_lib.guided_denoise(network_fn, x, sigmas[i], cond2, scales, t, diff_cfg.sigma_data)
+      return jnp.where(i == last, x0, x + (sigmas[i + 1] - sigmas[i]) * (x - x0) / sigmas[i])
 
-    x = jax.lax.fori_loop(0, steps, step, x)
-    z = x / cfg.vae.scaling_factor
-    frames = vae.decode(z, num_frames=t, chunk_size=min(decoding_t, t)).astype(jnp.float32)
-    return jnp.clip((frames + 1.0) / 2.0, 0.0, 1.0).reshape(b, t, hp, wp, 3)
+    z = jax.lax.fori_loop(0, sc.num_steps, step, x)
+    video = sampler_lib.decode_latents(vae, z, t, min(int(diff_cfg.decode.chunk_size), t))
+    return video.reshape(b, t, hp, wp, 3)
 
   out = jax.lax.map(one, jnp.swapaxes(keys, 0, 1))  # [S, B, T, H, W, 3]
   return jnp.swapaxes(out, 0, 1)
 
 
-@functools.partial(jax.jit, static_argnames=('graphdef', 'cfg_json', 'steps', 'guidance', 'decoding_t'))
-def _sample_jit(state, batch, keys, *, graphdef, cfg_json, steps, guidance, decoding_t):
+@functools.partial(jax.jit, static_argnames=('graphdef', 'cfg_json', 'diff_json'))
+def _sample_jit(state, batch, keys, *, graphdef, cfg_json, diff_json):
   """Module-level jit: generators with equal model structure, settings and shapes share one compile."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
-  cfg = ml_collections.ConfigDict(json.loads(cfg_json))
   network, vae, clip = nnx.merge(graphdef, state)
-  return sample_videos(network, vae, clip, batch, keys, cfg, steps=steps, guidance=guidance,
-                       decoding_t=decoding_t)
+  return sample_videos(network, vae, clip, batch, keys, ml_collections.ConfigDict(json.loads(cfg_json)),
+                       ml_collections.ConfigDict(json.loads(diff_json)))
 
 
 class VideoGenerator:
@@ -229,8 +226,13 @@ class VideoGenerator:
     self._data = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec('data'))
     modules = checkpoint_io.restore_model_checkpoint(ckpt_dir, model_cfg, shardings=rep)
     self._graphdef, self._state = nnx.split(tuple(modules))
-    self._static = dict(graphdef=self._graphdef, cfg_json=model_cfg.to_json(sort_keys=True), steps=int(steps),
-                        guidance=(float(guidance[0]), float(guidance[1])), decoding_t=int(decoding_t))
+    from gcd_jax.diffusion.config import diffusion_config  # pylint: disable=g-import-not-at-top
+    diff_cfg = diffusion_config()
+    diff_cfg.sampler.num_steps = int(steps)
+    diff_cfg.guider.min_scale, diff_cfg.guider.max_scale = float(guidance[0]), float(guidance[1])
+    diff_cfg.decode.chunk_size = int(decoding_t)
+    self._static = dict(graphdef=self._graphdef, cfg_json=model_cfg.to_json(sort_keys=True),
+                        diff_json=diff_cfg.to_json(sort_keys=True))
 
   def __call__(self, examples, keys) -> np.ndarray:
     """examples: list (≤ batch_size) of per-video dicts [T, ...]; keys uint32 [len(examples), S, 2] →
