@@ -322,7 +322,10 @@ class AutoencoderKLTemporalDecoder(nnx.Module):
       if full == 1:
         dec = self.decoder(head[0], c)[None]
       else:
-        dec = jax.lax.map(lambda zc: self.decoder(zc, c), head)
+        # Merge the decoder inside the mapped function: NNX modules (and nnx.remat within them) must
+        # live at the trace level of the lax.map body, not be mutated across it.
+        graphdef, state = nnx.split(self.decoder)
+        dec = jax.lax.map(lambda zc: nnx.merge(graphdef, state, copy=True)(zc, c), head)
       dec = dec.reshape(full, b, c, *dec.shape[2:]).swapaxes(0, 1)
       outs.append(dec.reshape(b, full * c, *dec.shape[3:]))
     if rest:
