@@ -10,7 +10,10 @@ r"""Peak memory and wall time of `gcd-jax convert` on a full-size random sgm `sv
 2. Writes it with random float32 data, one tensor at a time (never all in RAM).
 3. Converts it in a SUBPROCESS (`gcd-jax convert --from sgm ... --config gcd --init-missing`) and reads
    that process's exact peak resident set size from `os.wait4` (ru_maxrss).
-4. Prints (and writes --json) wall time, peak RSS and the ratio to the file size (goal ≤ 1.3), then
+4. Unless --no-export: exports the checkpoint back to sgm (`gcd-jax export`, also a subprocess,
+   peak RSS measured the same way) and checks, tensor by tensor, that every tensor the model holds is
+   bit-identical to the input file (the full-size round trip).
+5. Prints (and writes --json) wall time, peak RSS and the ratio to the file size (goal ≤ 1.3), then
    deletes the temporary folder (unless --keep).
 """
 
@@ -70,12 +73,33 @@ def write_random(path: str, shapes: dict, same_as: dict[str, str], seed: int = 0
                                    produce)
 
 
+def _run(cmd, env) -> tuple[int, int]:
+  """(exit code, peak RSS in bytes) of a child process (exact, from the kernel's rusage)."""
+  proc = subprocess.Popen(cmd, env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(
+      __file__))))
+  _, status, usage = os.wait4(proc.pid, 0)
+  return os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024  # kilobytes on Linux
+
+
+def _compare(src: str, back: str) -> dict:
+  """Every tensor of the exported file equals the input's, bit for bit (streamed)."""
+  with sources.SafetensorsFile(src) as a, sources.SafetensorsFile(back) as b:
+    dropped = sorted(set(a.keys()) - set(b.keys()))
+    added = sorted(set(b.keys()) - set(a.keys()))  # the camera layers --init-missing created
+    differ = [k for k in b.keys() if k in a.shapes and (
+        a.dtypes[k] != b.dtypes[k] or not np.array_equal(a.read(k), b.read(k)))]
+  return dict(roundtrip_tensors_compared=len(b.shapes) - len(added),
+              roundtrip_not_bit_exact=len(differ), roundtrip_dropped_unused=len(dropped),
+              roundtrip_added_camera=len(added))
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--config', default='gcd', help='model preset to convert into (default gcd)')
   p.add_argument('--tmp', default='/tmp', help='where the temporary folder goes')
   p.add_argument('--keep', action='store_true', help='keep the temporary folder')
   p.add_argument('--json', default=None, help='also write the results here')
+  p.add_argument('--no-export', action='store_true', help='skip the export + round-trip check')
   args = p.parse_args(argv)
 
   cfg = conv.load_model_config(args.config)
@@ -95,24 +119,30 @@ def main(argv=None) -> int:
            args.config, '--out', out, '--init-missing', '--no-progress']
     env = dict(os.environ, JAX_PLATFORMS='cpu')
     t = time.time()
-    proc = subprocess.Popen(cmd, env=env, cwd=os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))))
-    _, status, usage = os.wait4(proc.pid, 0)
+    rc, peak = _run(cmd, env)
     wall = time.time() - t
-    rc = os.waitstatus_to_exitcode(status)
-    peak = usage.ru_maxrss * 1024  # kilobytes on Linux
     out_size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs) \
         if os.path.isdir(out) else 0
     result = dict(config=args.config, tensors=len(shapes), file_bytes=size, convert_wall_s=round(wall, 1),
                   peak_rss_bytes=peak, peak_rss_over_file=round(peak / size, 3), goal=GOAL,
                   exit_code=rc, output_bytes=out_size, write_s=round(t_write, 1))
+    if not args.no_export and rc == 0:
+      back = os.path.join(work, 'back.safetensors')
+      t = time.time()
+      erc, epeak = _run([sys.executable, '-m', 'gcd_jax.cli', 'export', '--to', 'sgm', out, '--out',
+                         back, '--no-progress'], env)
+      result.update(export_wall_s=round(time.time() - t, 1), export_peak_rss_bytes=epeak,
+                    export_exit_code=erc)
+      if erc == 0:
+        result.update(_compare(src, back))
     print(json.dumps(result, indent=2))
     print(f'peak RSS {peak / 1e9:.2f} GB = {peak / size:.2f} × file size {size / 1e9:.2f} GB '
           f'(goal ≤ {GOAL}); conversion {wall:.0f} s; exit code {rc}')
     if args.json:
       with open(args.json, 'w') as f:
         json.dump(result, f, indent=2)
-    return 0 if rc == 0 and peak / size <= GOAL else 1
+    ok = rc == 0 and peak / size <= GOAL and not result.get('roundtrip_not_bit_exact')
+    return 0 if ok else 1
   finally:
     if not args.keep:
       shutil.rmtree(work, ignore_errors=True)

@@ -25,7 +25,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import jax
 import ml_collections

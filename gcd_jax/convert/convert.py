@@ -32,7 +32,7 @@ import shutil
 import sys
 import time
 import warnings
-from typing import Callable, Iterable
+from typing import Iterable
 
 import ml_collections
 import numpy as np

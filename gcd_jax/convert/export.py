@@ -1,8 +1,8 @@
 """A gcd-jax model checkpoint → PyTorch safetensors (sgm single file, or a diffusers pipeline folder).
 
 The inverse of `convert.py`, through the same TensorMaps (`sgm_keys.py`), so sgm → JAX → sgm is
-bit-exact for every tensor the model holds. Written tensor by tensor (`sources.write_safetensors`):
-the only full copy in memory is the restored model itself.
+bit-exact for every tensor the model holds. Written tensor by tensor (`sources.write_safetensors`),
+restoring one component at a time: peak memory ≈ the largest component (the U-Net, 6.1 GB full size).
 
 sgm output (one file, prefixes of svd_weights.md §2a): `model.diffusion_model.*` (incl. GCD's
 `aux_label_emb.*`), `conditioner.embedders.5.proj.*` (camera), `first_stage_model.decoder.*`,
@@ -44,22 +44,42 @@ def _flat_params(module) -> dict[tuple, jax.Array]:
 
 
 class _Producer:
-  """Our restored arrays → file tensors, one map at a time (a map's outputs are cached until read)."""
+  """Our restored arrays → file tensors, one map at a time (a map's outputs are cached until read).
 
-  def __init__(self, maps, specs, params, duplicates, dtype):
+  Components are restored lazily and only one is held at a time, so exporting a full-size model
+  needs the memory of its largest component (the U-Net), not of the whole model; callers order the
+  file keys by component.
+  """
+
+  def __init__(self, ckpt_dir, cfg, maps, specs, duplicates, dtype):
     self.by_key = {k: m for m in maps for k in m.sgm}
-    self.specs, self.params, self.dups, self.dtype = specs, params, duplicates, dtype
+    self.ckpt_dir, self.cfg = ckpt_dir, cfg
+    self.specs, self.dups, self.dtype = specs, duplicates, dtype
     self._cache: dict[str, np.ndarray] = {}
+    self._component, self._params = None, None
+
+  def component_of(self, key: str) -> str:
+    return self.by_key[self.dups.get(key, key)].component
+
+  def _load(self, component: str):
+    if component != self._component:
+      self._params = None  # free the previous component first
+      restored = checkpoint_io.restore_model_checkpoint(self.ckpt_dir, self.cfg,
+                                                        components=(component,))
+      module = restored[checkpoint_io.COMPONENTS.index(component)]
+      self._params, self._component = _flat_params(module), component
+    return self._params
 
   def __call__(self, key: str) -> np.ndarray:
     key = self.dups.get(key, key)
     if key in self._cache:
       return self._cache.pop(key)
     m = self.by_key[key]
+    params = self._load(m.component)
     ours = []
     for k in m.ours:
       spec = self.specs[m.component][k]
-      ours.append(spec.to_torch(np.asarray(self.params[m.component][spec.path])))
+      ours.append(spec.to_torch(np.asarray(params[spec.path])))
     outs = m.transform.to_sgm(ours)
     result = None
     for k, a in zip(m.sgm, outs):
@@ -94,18 +114,16 @@ def export_checkpoint(ckpt_dir: str, to: str, out_path: str, *, dtype: str | Non
     raise FileExistsError(f'output {out_path} already exists; choose another --out or delete it first')
   if not os.path.isdir(os.path.dirname(out_path)):
     raise FileNotFoundError(f'parent folder of {out_path} does not exist')
-  restored = checkpoint_io.restore_model_checkpoint(ckpt_dir, cfg)
-  modules = {c: m for c, m in zip(checkpoint_io.COMPONENTS, restored) if m is not None}
-  specs = {c: leaf_specs(m) for c, m in modules.items()}
-  params = {c: _flat_params(m) for c, m in modules.items()}
+  components = [c for c in checkpoint_io.COMPONENTS if c in meta.get('components', ())]
+  specs = {c: leaf_specs(checkpoint_io.abstract_module(cfg, c)) for c in components}
   maps = make_maps(to, cfg, specs)
   shapes = expected_file_shapes(maps, specs)
   if to == 'sgm':
     dups = sgm_keys.sgm_duplicates(maps)
     for dup, src in dups.items():
       shapes[dup] = shapes[src]
-    produce = _Producer(maps, specs, params, dups, out_dtype)
-    keys = sorted(shapes)
+    produce = _Producer(ckpt_dir, cfg, maps, specs, dups, out_dtype)
+    keys = sorted(shapes, key=lambda k: (components.index(produce.component_of(k)), k))
     bar = _bar(len(keys), progress, 'export sgm')
     try:
       size = sources.write_safetensors(
@@ -116,13 +134,14 @@ def export_checkpoint(ckpt_dir: str, to: str, out_path: str, *, dtype: str | Non
       if bar is not None:
         bar.close()
     return dict(out=out_path, tensors=len(keys), bytes=size, dtype=dtype)
-  return _export_diffusers(cfg, maps, specs, params, shapes, out_path, out_dtype, dtype, progress)
+  produce = _Producer(ckpt_dir, cfg, maps, specs, {}, out_dtype)
+  return _export_diffusers(cfg, produce, shapes, out_path, out_dtype, dtype, progress)
 
 
-def _export_diffusers(cfg, maps, specs, params, shapes, out_path, out_dtype, dtype, progress) -> dict:
-  produce = _Producer(maps, specs, params, {}, out_dtype)
+def _export_diffusers(cfg, produce, shapes, out_path, out_dtype, dtype, progress) -> dict:
+  order = ('unet', 'camera_embedder', 'vae', 'image_encoder')  # network, network, vae, clip
   folders: dict[str, list[str]] = {}
-  for k in sorted(shapes):
+  for k in sorted(shapes, key=lambda k: (order.index(k.split('/', 1)[0]), k)):
     folders.setdefault(k.split('/', 1)[0], []).append(k)
   tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(out_path)}.', suffix='.partial',
                          dir=os.path.dirname(out_path))
