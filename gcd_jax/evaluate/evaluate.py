@@ -421,7 +421,7 @@ class ExampleBuilder:
   """
 
   def __init__(self, data_cfg, traj_cfg, controls: dict, *, control_idx: int = 0, cond_aug: float = 0.02,
-               seed: int = 0, source=None):
+               seed: int = 0, source=None, semantic: bool = False):
     from data_pipelines import input_pipeline  # pylint: disable=g-import-not-at-top
     self.ip = input_pipeline
     self.cfg = data_cfg
@@ -434,6 +434,7 @@ class ExampleBuilder:
     self.positions = {name: pos for pos in range(len(self.source))
                       for (_, name, _) in [self.source.scene(pos)]}
     self.kind = 'pardom' if data_cfg.dataset == 'pardom_4d' else 'kubric'
+    self.semantic = semantic
 
   def scene_names(self) -> list[str]:
     return list(self.positions)
@@ -457,6 +458,14 @@ class ExampleBuilder:
                             f'{min(avail)}..{max(avail)})')
     data = self.source.load_clip(pos, clip_frames)
     xyz, rgb = self.ip.clip_points(data)
+    if self.semantic:
+      # Semantic models (PD, output_modality segm, §3): the target is the cloud rendered with palette
+      # colours. The records must carry them per point.
+      if 'segm_rgb' not in data:
+        raise EvaluationError('mIoU needs the semantic-colour ground truth (points coloured by the PD '
+                              'palette), which this data source does not provide (no "segm_rgb" in its '
+                              'records); evaluate semantic checkpoints on a source that carries it')
+      rgb = data['segm_rgb'].reshape(rgb.shape)
     num_views = int(data['intrinsics'].shape[0])
     sw, sh = self.ip._source_wh(data)  # pylint: disable=protected-access
     render_hw = (self.cfg.render_height, self.cfg.render_width)
@@ -568,7 +577,7 @@ def evaluate_from_args(args) -> str:
     palette, _, ignore = metrics.load_semantic_palette(args.semantic_palette)
 
   builder = ExampleBuilder(data_cfg, traj_cfg, {}, control_idx=args.control_idx, cond_aug=args.cond_aug,
-                           seed=args.seed)
+                           seed=args.seed, semantic=bool(args.semantic_palette))
   scenes = builder.scene_names()
   if args.list_file:
     wanted = splits.read_scene_list(args.list_file)
