@@ -101,20 +101,14 @@ def _step(i, x, key, network_fn, cond2, scales, sigmas, gammas, cfg, num_frames,
   return jnp.where(i == last, x0, x_next)
 
 
-def sample_latents(network_fn: NetworkFn, cond: Mapping[str, jax.Array],
-                   uncond: Mapping[str, jax.Array] | None, key: jax.Array, cfg: ml_collections.ConfigDict,
-                   num_frames: int, *, python_loop: bool = False, constrain=None) -> jax.Array:
-  """The EDM Euler sampling loop (§2.4). cond/uncond: {'concat' [B·T, h, w, 4], 'crossattn' [B·T, L, C],
-  'vector' [B·T, W] (full y)}; uncond=None disables guidance. cfg: `diffusion_config()`. key: PRNG key
-  (initial noise and churn noise). constrain: optional fn applied to row-major arrays (sharding).
-  → x̂₀ latents [B·T, h, w, 4] float32 (still × scaling_factor)."""
+def _prepare(cond, uncond, key, cfg, num_frames, constrain):
+  """→ (x_init, cond2, scales, sigmas, gammas, churn key) for `sample_latents` / the stepwise loop."""
   sc = cfg.sampler
   sigmas_np = edm_discretization(sc.num_steps, sc.sigma_min, sc.sigma_max, sc.rho)
   gammas_np = churn_gammas(sigmas_np, sc.s_churn, sc.s_tmin, sc.s_tmax)
   shape = cond['concat'].shape
   if shape[0] % num_frames:
     raise ValueError(f'sample_latents: {shape[0]} rows are not whole videos of num_frames={num_frames}')
-  constrain = constrain or (lambda a: a)
   if uncond is None:
     cond2, scales = {k: cond[k] for k in COND_KEYS}, None
   else:
@@ -123,16 +117,28 @@ def sample_latents(network_fn: NetworkFn, cond: Mapping[str, jax.Array],
   cond2 = {k: constrain(v) for k, v in cond2.items()}
   k_init, k_churn = jax.random.split(key)
   sigmas, gammas = jnp.asarray(sigmas_np), jnp.asarray(gammas_np)
-  x = jax.random.normal(k_init, shape, jnp.float32) * jnp.sqrt(1.0 + sigmas[0] ** 2)
-  x = constrain(x)
-  last = sc.num_steps - 1
+  x = constrain(jax.random.normal(k_init, shape, jnp.float32) * jnp.sqrt(1.0 + sigmas[0] ** 2))
+  return x, cond2, scales, sigmas, gammas, k_churn
+
+
+def sample_latents(network_fn: NetworkFn, cond: Mapping[str, jax.Array],
+                   uncond: Mapping[str, jax.Array] | None, key: jax.Array, cfg: ml_collections.ConfigDict,
+                   num_frames: int, *, python_loop: bool = False, constrain=None) -> jax.Array:
+  """The EDM Euler sampling loop (§2.4). cond/uncond: {'concat' [B·T, h, w, 4], 'crossattn' [B·T, L, C],
+  'vector' [B·T, W] (full y)}; uncond=None disables guidance. cfg: `diffusion_config()`. key: PRNG key
+  (initial noise and churn noise). constrain: optional fn applied to row-major arrays (sharding).
+  python_loop: a Python `for` over the same step (eager unless called under jit).
+  → x̂₀ latents [B·T, h, w, 4] float32 (still × scaling_factor)."""
+  constrain = constrain or (lambda a: a)
+  x, cond2, scales, sigmas, gammas, k_churn = _prepare(cond, uncond, key, cfg, num_frames, constrain)
+  last = cfg.sampler.num_steps - 1
   step = functools.partial(_step, key=k_churn, network_fn=network_fn, cond2=cond2, scales=scales,
                            sigmas=sigmas, gammas=gammas, cfg=cfg, num_frames=num_frames, last=last)
   if python_loop:
-    for i in range(sc.num_steps):
+    for i in range(cfg.sampler.num_steps):
       x = constrain(step(jnp.int32(i), x))
     return x
-  return jax.lax.fori_loop(0, sc.num_steps, lambda i, x: constrain(step(i, x)), x)
+  return jax.lax.fori_loop(0, cfg.sampler.num_steps, lambda i, x: constrain(step(i, x)), x)
 
 
 def decode_latents(vae, z: jax.Array, num_frames: int, chunk_size: int | None) -> jax.Array:
@@ -143,7 +149,7 @@ def decode_latents(vae, z: jax.Array, num_frames: int, chunk_size: int | None) -
 
 def make_sample_fn(cfg: ml_collections.ConfigDict, *, num_frames: int, mesh: jax.sharding.Mesh | None = None,
                    data_axis: str = 'data', guidance: bool = True, decode: bool = True,
-                   python_loop: bool = False):
+                   python_loop: bool = False, callback=None):
   """Builds `sample_fn(network, vae, cond, key) -> videos [B·T, H, W, 3] in [0, 1]` (or latents with
   decode=False; `vae` may then be None).
 
@@ -155,26 +161,45 @@ def make_sample_fn(cfg: ml_collections.ConfigDict, *, num_frames: int, mesh: jax
   One jax.jit program (camera embedding, every step, guidance, decode). With `mesh`, the B·T rows are
   split over `data_axis` (B must be a multiple of its size, so every device holds whole videos);
   parameters keep the placement they have. `sample_fn.trace_count` counts traces (1 per input shape).
-  python_loop=True runs the same steps eagerly in a Python loop (debugging; no jit).
+
+  python_loop=True (debugging): a Python loop over ONE jitted Euler step (parameters passed as
+  arguments, compiled once), `callback(i, x_after_step_i)` called after every step; same result as the
+  single program (same keys, same arithmetic).
   """
   row_sharding = None if mesh is None else NamedSharding(mesh, P(data_axis))
 
   def constrain(a):
     return a if row_sharding is None else jax.lax.with_sharding_constraint(a, row_sharding)
 
-  def program(net_graph, net_state, vae_graph, vae_state, cond, key):
-    sample_fn.trace_count += 1  # Python side effect: runs once per trace, not per call
-    net = nnx.merge(net_graph, net_state)
+  def full_cond(net, cond):
     c = append_camera(cond, net.embed_camera(cond['camera']))
-    uc = unconditional(c) if guidance else None
-    z = sample_latents(network_fn_from_unet(net.unet), c, uc, key, cfg, num_frames,
-                       python_loop=python_loop, constrain=constrain)
-    if not decode:
-      return z
+    return c, (unconditional(c) if guidance else None)
+
+  def decode_program(vae_graph, vae_state, z):
     vae = nnx.merge(vae_graph, vae_state)
     return constrain(decode_latents(vae, z, num_frames, cfg.decode.chunk_size))
 
-  compiled = program if python_loop else jax.jit(program, static_argnums=(0, 2))
+  def program(net_graph, net_state, vae_graph, vae_state, cond, key):
+    sample_fn.trace_count += 1  # Python side effect: runs once per trace, not per call
+    net = nnx.merge(net_graph, net_state)
+    c, uc = full_cond(net, cond)
+    z = sample_latents(network_fn_from_unet(net.unet), c, uc, key, cfg, num_frames, constrain=constrain)
+    return decode_program(vae_graph, vae_state, z) if decode else z
+
+  def prepare_program(net_graph, net_state, cond, key):
+    c, uc = full_cond(nnx.merge(net_graph, net_state), cond)
+    return _prepare(c, uc, key, cfg, num_frames, constrain)
+
+  def step_program(net_graph, net_state, i, x, cond2, scales, sigmas, gammas, k_churn):
+    sample_fn.trace_count += 1
+    net = nnx.merge(net_graph, net_state)
+    return constrain(_step(i, x, k_churn, network_fn_from_unet(net.unet), cond2, scales, sigmas, gammas,
+                           cfg, num_frames, cfg.sampler.num_steps - 1))
+
+  jit_program = jax.jit(program, static_argnums=(0, 2))
+  jit_prepare = jax.jit(prepare_program, static_argnums=(0,))
+  jit_step = jax.jit(step_program, static_argnums=(0,))
+  jit_decode = jax.jit(decode_program, static_argnums=(0,))
 
   def sample_fn(network, vae, cond, key):
     n = cond['concat'].shape[0]
@@ -190,7 +215,14 @@ def make_sample_fn(cfg: ml_collections.ConfigDict, *, num_frames: int, mesh: jax
     cond = {k: cond[k] for k in (*COND_KEYS, 'camera')}
     if row_sharding is not None:
       cond = jax.device_put(cond, row_sharding)
-    return compiled(net_graph, net_state, vae_graph, vae_state, cond, key)
+    if not python_loop:
+      return jit_program(net_graph, net_state, vae_graph, vae_state, cond, key)
+    x, cond2, scales, sigmas, gammas, k_churn = jit_prepare(net_graph, net_state, cond, key)
+    for i in range(cfg.sampler.num_steps):
+      x = jit_step(net_graph, net_state, jnp.int32(i), x, cond2, scales, sigmas, gammas, k_churn)
+      if callback is not None:
+        callback(i, x)
+    return jit_decode(vae_graph, vae_state, x) if decode else x
 
   sample_fn.trace_count = 0
   return sample_fn
