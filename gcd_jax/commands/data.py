@@ -57,7 +57,8 @@ def run(args) -> int:
 
 def _write_point_clouds(builder, args):
   from data_pipelines import kubric4d, pardom4d, pointcloud_store  # pylint: disable=g-import-not-at-top
-  root = args.manual_dir or getattr(builder, '_root', None)
+  # procedural_4d caches its Kubric-layout scenes under <data_dir>/downloads/procedural_4d/<config> by default.
+  root = args.manual_dir or os.path.join(args.data_dir, 'downloads', 'procedural_4d', args.config)
   for split, scenes in builder.info.metadata['scenes'].items():
     for _, name, _ in scenes:
       scene = (pardom4d.PardomScene(root, name) if args.name == 'pardom_4d' else kubric4d.KubricScene(root, name))
