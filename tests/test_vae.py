@@ -21,7 +21,7 @@ from configs import models
 from gcd_jax.convert.diffusers import load_diffusers_component
 from gcd_jax.convert.torch_layout import leaf_specs, load_torch_state
 from gcd_jax.models import vae as vae_lib
-from tests.fixtures_vae_clip import max_abs, nchw, nhwc, randomise_all_, state_numpy
+from tests.fixtures_vae_clip import max_abs, nhwc, randomise_all_, state_numpy
 
 TOL = 1e-4
 
@@ -200,7 +200,10 @@ def test_remat_chunked_decode_gradients(ref):
   remat = nnx.eval_shape(lambda: vae_lib.build_vae(cfg, nnx.Rngs(0)))
   nnx.update(remat, nnx.state(ref['ours'], nnx.Param))
   z = jnp.asarray(nhwc(ref['z'][:4]))
-  loss = lambda m, x: jnp.mean(m.decode(x, num_frames=4, chunk_size=2) ** 2)  # pylint: disable=unnecessary-lambda-assignment
+
+  def loss(m, x):
+    return jnp.mean(m.decode(x, num_frames=4, chunk_size=2) ** 2)
+
   value, grads = nnx.jit(nnx.value_and_grad(loss))(remat, z)
   expected = jnp.mean(_decode(ref['ours'], z, 4, 2) ** 2)
   assert abs(float(value) - float(expected)) <= 1e-5 * float(expected)
