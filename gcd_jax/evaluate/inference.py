@@ -179,8 +179,26 @@ def trajectory_picture(path: str, spherical_dst: np.ndarray, *, base=(0.0, 10.0,
 
 def save_outputs(out_dir: str, input01: np.ndarray, samples01: np.ndarray, *, frame_rate: int,
                  spherical_dst: np.ndarray, info: dict) -> dict:
-  """input.mp4, sample_{k}.mp4, side_by_side.mp4, trajectory.png, info.json in out_dir."""
-  os.makedirs(out_dir, exist_ok=True)
+  """input.mp4, sample_{k}.mp4, side_by_side.mp4, trajectory.png, info.json in out_dir (written to a
+  staging folder next to it and renamed at the end: no partial output folder)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  final = os.path.abspath(out_dir)
+  os.makedirs(os.path.dirname(final), exist_ok=True)
+  out_dir = tempfile.mkdtemp(prefix=f'.{os.path.basename(final)}.', suffix='.partial', dir=os.path.dirname(final))
+  try:
+    files = _write_outputs(out_dir, input01, samples01, frame_rate=frame_rate, spherical_dst=spherical_dst,
+                           info=info)
+    if os.path.isdir(final) and not os.listdir(final):
+      os.rmdir(final)
+    os.replace(out_dir, final)
+  except BaseException:
+    shutil.rmtree(out_dir, ignore_errors=True)
+    raise
+  return {k: os.path.join(final, os.path.basename(v)) for k, v in files.items()}
+
+
+def _write_outputs(out_dir: str, input01, samples01, *, frame_rate: int, spherical_dst, info: dict) -> dict:
   fps = (6 + frame_rate) // 2  # infer.py's saving fps
   files = {'input': media.write_mp4(os.path.join(out_dir, 'input.mp4'), input01, fps)}
   for k, s in enumerate(samples01):
@@ -212,6 +230,8 @@ def sample_from_args(args) -> str:
   # ---- checks before any compute
   if args.num_samples < 1 or args.steps < 1:
     raise InputError('--num-samples and --steps must be ≥ 1')
+  if os.path.exists(args.out) and (not os.path.isdir(args.out) or os.listdir(args.out)):
+    raise InputError(f'output {args.out} already exists and is not empty; choose another --out')
   if args.frame_rate < 1:
     raise InputError('--frame-rate must be ≥ 1 (the FPS after subsampling)')
   if args.config:
