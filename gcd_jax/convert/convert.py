@@ -9,7 +9,8 @@
 3. streams: reads one tensor at a time, applies the (bijective) sgm transform and the PyTorch → Flax
    transpose into a fresh buffer and hands it to `checkpoint_io.ComponentWriter`, which saves and
    frees ~0.5 GB Orbax parts as they fill. Peak memory is a few GB whatever the model size, far
-   under the 1.3 × file size budget (bench/convert_memory.py);
+   under the 1.3 × file size budget (bench/convert_memory.py, full-size random svd.safetensors of
+   9.35 GB: peak RSS 3.56 GB = 0.38 ×, 81 s on the shared 2-core box);
 4. writes into a temporary sibling folder renamed to `out_dir` at the end: a failure leaves nothing.
 
 `--init-missing` initialises exactly the GCD camera layers that `svd.safetensors` lacks
