@@ -1,0 +1,102 @@
+r"""AOT memory/FLOP bench of the FULL-SIZE GCD train step (nothing is allocated: abstract shapes only).
+
+  python bench/train_memory.py                               # 8 fake CPU devices, FSDP, remat full, in-step VAE+CLIP
+  python bench/train_memory.py --features precomputed --remat dots
+  python bench/train_memory.py --config configs/gcd.py:data=kubric --frames 14 --height 256 --width 384
+
+Builds the abstract train state (GCD U-Net + camera embedder, float32 master weights, Adam moments) and
+frozen VAE/CLIP with the config's sharding rules on a (1, 8, 1) mesh, lowers and compiles the jitted train
+step for batch 1 video per device, then prints XLA's per-device memory analysis
+(`compiled.memory_analysis()`) and FLOPs per step (`compiled.cost_analysis()`). XLA:CPU's buffer assignment
+is a proxy for TPU's (same HLO, different fusion/layout decisions): read it as an estimate of the 16 GiB
+TPU v5e budget. Compiling the full model on CPU takes minutes and several GB of RAM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+GiB = 2 ** 30
+
+
+def main() -> int:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--config', default='configs/gcd.py:data=kubric,traj=gradual,az=90')
+  p.add_argument('--features', default='in_step', choices=('in_step', 'precomputed'))
+  p.add_argument('--remat', default='full', choices=('none', 'full', 'dots'))
+  p.add_argument('--dtype', default='bfloat16')
+  p.add_argument('--devices', type=int, default=8)
+  p.add_argument('--batch-per-device', type=int, default=1)
+  p.add_argument('--frames', type=int, default=14)
+  p.add_argument('--height', type=int, default=256)
+  p.add_argument('--width', type=int, default=384)
+  p.add_argument('--budget-gib', type=float, default=16.0, help='per-device HBM (TPU v5e: 16)')
+  args = p.parse_args()
+
+  from gcd_jax.train import config_flags, sharding as sh, train_step as ts  # pylint: disable=g-import-not-at-top
+  from gcd_jax.train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from gcd_jax.train.trainer import build_layouts  # pylint: disable=g-import-not-at-top
+  cfg = config_flags.load_config(args.config)
+  cfg.features = args.features
+  cfg.model.remat = args.remat
+  cfg.model.dtype = args.dtype
+  cfg.model.num_frames = cfg.data.num_frames = args.frames
+  devices = jax.devices()[:args.devices]
+  mesh = sh.make_mesh((1, len(devices), 1), ('data', 'fsdp', 'tensor'), devices=devices)
+  b = args.batch_per_device * len(devices)
+  t, h, w = args.frames, args.height, args.width
+  t0 = time.perf_counter()
+  _, layouts = build_layouts(cfg)
+  net_layout = layouts['network']
+  frozen_layouts = {k: v for k, v in layouts.items() if k != 'network'}
+  tx, schedule = ts.make_optimizer(cfg.optim)
+  abstract_state, state_specs = ts.state_specs(cfg, net_layout, tx, mesh)
+  frozen_specs = ts.frozen_specs(cfg, frozen_layouts, mesh)
+  frozen_abstract = {k: l.abstract_flat() for k, l in frozen_layouts.items()}
+  f32, i32 = np.float32, np.int32
+  sds = jax.ShapeDtypeStruct
+  batch = dict(fps_id=sds((b, t), i32), motion_bucket_id=sds((b, t), i32), cond_aug=sds((b, t), f32),
+               scaled_relative_angles=sds((b, t, 3), f32), scaled_relative_pose=sds((b, t, 3, 4), f32),
+               idx=sds((b,), np.int64), jpg=sds((b, t, h, w, 3), f32))
+  if args.features == 'in_step':
+    batch.update(cond_frames_without_noise=sds((b, t, h, w, 3), f32), cond_frames=sds((b, t, h, w, 3), f32))
+  else:
+    lat = (b, t, h // 8, w // 8, 4)
+    batch.update(clip_embeds=sds((b, t, int(cfg.model.clip.projection_dim)), f32), concat_latents=sds(lat, f32),
+                 target_mean=sds(lat, f32), target_logvar=sds(lat, f32))
+  n_params = sum(int(np.prod(a.shape)) for a in abstract_state['params'].values())
+  print(f'abstract build {time.perf_counter() - t0:.1f}s; trainable params {n_params:,}', flush=True)
+  step_fn = ts.make_train_step(cfg, net_layout, frozen_layouts.get('vae'), frozen_layouts.get('clip'), tx, schedule)
+  jitted = ts.jit_train_step(step_fn, mesh, state_specs, frozen_specs, batch)
+  t0 = time.perf_counter()
+  lowered = jitted.lower(abstract_state, frozen_abstract, batch)
+  t_lower = time.perf_counter() - t0
+  compiled = lowered.compile()
+  t_compile = time.perf_counter() - t0 - t_lower
+  mem = metrics_lib.compiled_memory(compiled)
+  flops = metrics_lib.compiled_flops(compiled)
+  state_bytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(abstract_state))
+  out = dict(config=args.config, features=args.features, remat=args.remat, dtype=args.dtype, devices=len(devices),
+             global_batch=b, frames=t, height=h, width=w, trainable_params=n_params,
+             train_state_gib_total=state_bytes / GiB, lower_s=round(t_lower, 1), compile_s=round(t_compile, 1),
+             per_device_gib={k.replace('_in_bytes', '').replace('_bytes', ''): round(v / GiB, 3) for k, v in mem.items()},
+             flops_per_step_per_device=flops, tflops_per_step_global=flops * len(devices) / 1e12)
+  out['fits_budget'] = mem['peak_estimate_bytes'] / GiB <= args.budget_gib
+  print(json.dumps(out, indent=1), flush=True)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

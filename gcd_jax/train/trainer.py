@@ -1,0 +1,250 @@
+r"""The GCD trainer: one readable loop (big_vision style). gcd_spec.md §3 for the reference recipe.
+
+  gcd-jax train --config configs/tiny.py --workdir /tmp/gcd_tiny                      # CPU, seconds
+  gcd-jax train --config configs/gcd.py:data=kubric,traj=gradual,az=90 --workdir W \
+      --config.init_checkpoint=/ckpt/svd                                              # pod / cluster
+
+Sections: mesh · input · model + optimizer · sharding · initialise or resume · update step · checkpoint ·
+preview sampling · loop. Workdir layout: W/config.json, W/checkpoints/<step>/{state,data}, W/tb/ (TensorBoard),
+W/metrics.jsonl (one line per logged step, process 0), W/previews/step_<n>.mp4, W/profile/.
+A run restarted with the same workdir resumes from the latest checkpoint (params, Adam, step, RNG and data
+position), onto the current mesh whatever the device count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gcd_jax.train import checkpoint as ckpt_lib
+from gcd_jax.train import input as input_lib
+from gcd_jax.train import metrics as metrics_lib
+from gcd_jax.train import sharding as sh
+from gcd_jax.train import train_step as ts
+
+
+class NonFiniteError(FloatingPointError):
+  """Loss or gradients went NaN/Inf: the run stops; the last good checkpoint is the latest one."""
+
+
+def build_layouts(config):
+  from gcd_jax.models.clip import build_clip  # pylint: disable=g-import-not-at-top
+  from gcd_jax.models.gcd import build_gcd_network  # pylint: disable=g-import-not-at-top
+  from gcd_jax.models.vae import build_vae  # pylint: disable=g-import-not-at-top
+  builders = dict(network=build_gcd_network, vae=build_vae, clip=build_clip)
+  wanted = ('network', 'vae', 'clip') if config.features == 'in_step' else ('network',)
+  layouts = {k: ts.ParamLayout.of(ts.abstract_module(builders[k], config.model)) for k in wanted}
+  return builders, layouts
+
+
+def initial_weights(config, builders, layouts, frozen_specs, net_specs, mesh, log=print):
+  """(network flat params, {'vae': flat, 'clip': flat}) on their shardings: from config.init_checkpoint (a
+  `gcd-jax convert` folder; SVD checkpoints lack the camera layers → fresh init when init_missing) or random."""
+  all_specs = dict(network=net_specs, **frozen_specs)
+  out = {}
+  if config.init_checkpoint:
+    from gcd_jax.convert import checkpoint_io  # pylint: disable=g-import-not-at-top
+    stored_cfg = checkpoint_io.checkpoint_config(config.init_checkpoint)
+    for name, layout in layouts.items():
+      stored_layout = ts.ParamLayout.of(checkpoint_io.abstract_module(stored_cfg, name))
+      want = layout.abstract_flat()
+      shardings = {n: jax.sharding.NamedSharding(mesh, all_specs[name][n]) if n in want and
+                   want[n].shape == a.shape else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+                   for n, a in stored_layout.abstract_flat().items()}
+      sh_state = jax.tree.unflatten(stored_layout.treedef, [shardings[n] for n in stored_layout.names])
+      module = checkpoint_io.restore_component(config.init_checkpoint, stored_cfg, name, sh_state)
+      got = stored_layout.flat(module)
+      missing = [n for n in layout.names if n not in got or got[n].shape != want[n].shape]
+      if missing:
+        if not config.init_missing:
+          raise ValueError(f'{name}: {len(missing)} parameters not in {config.init_checkpoint} (e.g. {missing[:3]}); '
+                           'set --config.init_missing=true to initialise them fresh (the camera layers of an '
+                           'SVD checkpoint)')
+        log(f'[train] {name}: initialising {len(missing)} parameters absent from the checkpoint: {missing[:6]}')
+        fresh = ts.init_flat(builders[name], config.model, layout,
+                             sh.named(mesh, all_specs[name]), config.seed)
+        got = {**{n: fresh[n] for n in missing}, **{n: got[n] for n in layout.names if n not in missing}}
+      out[name] = {n: got[n] for n in layout.names}
+  else:
+    for i, (name, layout) in enumerate(layouts.items()):
+      out[name] = ts.init_flat(builders[name], config.model, layout, sh.named(mesh, all_specs[name]),
+                               config.seed + i)
+  return out.pop('network'), out
+
+
+def check_config(config):
+  from gcd_jax.models.config import validate_model_config  # pylint: disable=g-import-not-at-top
+  validate_model_config(config.model)
+  if config.data.get('output_modality', 'rgb') == 'semantic':
+    raise NotImplementedError('data.output_modality=semantic: the input pipeline does not render ParallelDomain '
+                              'semantic-colour targets yet (data_pipelines); the loss side (class weights) is ready')
+  if config.model.num_frames != config.data.num_frames:
+    raise ValueError(f'model.num_frames={config.model.num_frames} != data.num_frames={config.data.num_frames}')
+
+
+def train(config, workdir: str, *, log=print) -> dict:
+  """Runs (or resumes) training to config.total_steps. → summary dict (final step, last metrics, timings)."""
+  check_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  if is_main:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=1))
+
+  # ---------------------------------------------------------------------------------------------- mesh
+  mesh = sh.make_mesh(config.mesh.shape, config.mesh.axes)
+  if config.batch_size % sh.batch_divisor(mesh):
+    raise ValueError(f'batch_size {config.batch_size} must be a multiple of data×fsdp = {sh.batch_divisor(mesh)} '
+                     f'(mesh {dict(mesh.shape)})')
+  log(f'[train] {jax.process_count()} process(es), {jax.device_count()} devices, mesh {dict(mesh.shape)}')
+
+  # --------------------------------------------------------------------------------------------- input
+  data_iter = input_lib.make_train_iterator(config)
+
+  # ------------------------------------------------------------------------------- model + optimizer
+  builders, layouts = build_layouts(config)
+  net_layout = layouts['network']
+  frozen_layouts = {k: v for k, v in layouts.items() if k != 'network'}
+  tx, schedule = ts.make_optimizer(config.optim)
+
+  # ------------------------------------------------------------------------------------------ sharding
+  abstract_state, state_spec_tree = ts.state_specs(config, net_layout, tx, mesh)
+  frozen_spec_tree = ts.frozen_specs(config, frozen_layouts, mesh)
+
+  # ---------------------------------------------------------------------------- initialise or resume
+  manager = ckpt_lib.make_manager(os.path.join(workdir, 'checkpoints'), max_to_keep=config.checkpoint.max_to_keep,
+                                  async_save=config.checkpoint.async_save)
+  params, frozen = initial_weights(config, builders, layouts, frozen_spec_tree, state_spec_tree['params'], mesh, log)
+  if manager.latest_step() is not None:
+    del params
+    state, start = ckpt_lib.restore(manager, abstract_state, state_spec_tree, mesh, data_iter)
+    log(f'[train] resumed from step {start} ({manager.directory})')
+  else:
+    state = ts.initial_state(config, net_layout, params, tx, state_spec_tree, mesh, config.seed)
+    del params
+    start = 0
+
+  # --------------------------------------------------------------------------------------- update step
+  step_fn = ts.make_train_step(config, net_layout, frozen_layouts.get('vae'), frozen_layouts.get('clip'), tx, schedule)
+  first = input_lib.train_batch(next(data_iter), config.features)
+  batch_abstract = {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:], v.dtype) for k, v in first.items()}
+  jitted = ts.jit_train_step(step_fn, mesh, state_spec_tree, frozen_spec_tree, batch_abstract)
+  t0 = time.perf_counter()
+  compiled = jitted.lower(state, frozen, batch_abstract).compile()
+  flops = metrics_lib.compiled_flops(compiled)
+  log(f'[train] compiled the train step in {time.perf_counter() - t0:.1f}s; '
+      f'{flops / 1e9:.3f} GFLOP per device per step (XLA cost analysis)')
+
+  # ---------------------------------------------------------------------------------------- checkpoint
+  writer = metrics_lib.MetricWriter(workdir)
+  throughput = metrics_lib.Throughput(flops, config.batch_size, config.peak_tflops_per_device)
+  preemption = ckpt_lib.Preemption().install()
+  every = config.checkpoint.every_steps
+
+  # ---------------------------------------------------------------------------------- preview sampling
+  def maybe_preview(step):
+    pe = config.preview.every_steps
+    if pe and step % pe == 0 and config.features == 'in_step':
+      write_preview(config, net_layout, frozen_layouts, state['params'], frozen, first, mesh,
+                    os.path.join(workdir, 'previews', f'step_{step:08d}.mp4'))
+
+  # ---------------------------------------------------------------------------------------------- loop
+  step = start
+  batch = first
+  last = {}
+  profiling = False
+  status = 'done'
+  try:
+    while step < config.total_steps:
+      if config.profile.start_step >= 0 and step == config.profile.start_step and is_main:
+        jax.profiler.start_trace(os.path.join(workdir, 'profile'))
+        profiling = True
+      state, m = compiled(state, frozen, sh.to_global(batch, mesh))
+      m = metrics_lib.to_host(m)
+      if not bool(m['finite']):
+        raise NonFiniteError(f'non-finite training step at step {step}: '
+                             f'{ts.nonfinite_report(m, net_layout.names)}. The update was not applied and no '
+                             f'checkpoint was written; the latest good one is step {manager.latest_step()}.')
+      step += 1
+      if profiling and step >= config.profile.start_step + config.profile.num_steps:
+        jax.profiler.stop_trace()
+        profiling = False
+      if step % config.log_every_steps == 0 or step == config.total_steps:
+        last = {k: float(m[k]) for k in ('loss', 'grad_norm', 'lr', 'cur_top', 'param_norm', 'sigma_mean')}
+        last.update(throughput.update(step))
+        writer.write(step, last)
+        writer.progress(step, config.total_steps, last)
+      if (every and step % every == 0) or step == config.total_steps or preemption.requested:
+        ckpt_lib.save(manager, step, state, data_iter, force=True)
+      if preemption.requested:
+        manager.wait_until_finished()
+        log(f'[train] preempted: checkpoint for step {step} committed; exiting')
+        status = 'preempted'
+        break
+      maybe_preview(step)
+      if step < config.total_steps:
+        batch = input_lib.train_batch(next(data_iter), config.features)
+  finally:
+    if profiling:
+      jax.profiler.stop_trace()
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+    preemption.uninstall()
+  return dict(status=status, step=step, metrics=last, flops_per_step=flops, state=state, frozen=frozen,
+              layouts=layouts, mesh=mesh)
+
+
+def export_model(config, result: dict, out_dir: str) -> str:
+  """Writes the trained network (+ frozen VAE/CLIP) as a `gcd-jax convert`-format folder (sample/evaluate)."""
+  from gcd_jax.convert import checkpoint_io  # pylint: disable=g-import-not-at-top
+  layouts, state, frozen = result['layouts'], result['state'], result['frozen']
+  net = layouts['network'].module(jax.device_get(state['params']))
+  vae = layouts['vae'].module(jax.device_get(frozen['vae'])) if 'vae' in frozen else None
+  clip = layouts['clip'].module(jax.device_get(frozen['clip'])) if 'clip' in frozen else None
+  return checkpoint_io.save_model_checkpoint(out_dir, net, vae, clip, config.model,
+                                             dict(source=dict(kind='gcd-jax train', step=int(result['step']))))
+
+
+def write_preview(config, net_layout, frozen_layouts, params, frozen, batch, mesh, path: str,
+                  key=None) -> np.ndarray:
+  """Samples the batch's first videos with the jitted sampler (§2.4, preview guidance) and writes
+  input | generated | target as one mp4. → generated videos [B, T, H, W, 3] in [0, 1]."""
+  from gcd_jax.diffusion.conditioner import Conditioner  # pylint: disable=g-import-not-at-top
+  from gcd_jax.diffusion.sampler import make_sample_fn  # pylint: disable=g-import-not-at-top
+  t = int(config.model.num_frames)
+  n_div = sh.batch_divisor(mesh)
+  b = n_div * max(1, 1 // n_div)
+  rows = {k: jnp.asarray(np.asarray(v)[:b].reshape((-1,) + np.asarray(v).shape[2:]))
+          for k, v in batch.items() if k != 'idx'}
+  net = net_layout.module(params)
+  vae = frozen_layouts['vae'].module(frozen['vae'])
+  clip = frozen_layouts['clip'].module(frozen['clip'])
+  cond = Conditioner(config.model, vae, clip)(rows)
+  sample_fn = make_sample_fn(config.diffusion, num_frames=t, mesh=mesh)
+  videos = sample_fn(net, vae, cond, jax.random.key(config.seed) if key is None else key)
+  videos = np.asarray(videos).reshape((b, t) + videos.shape[1:])
+  if jax.process_index() == 0:
+    write_side_by_side(path, np.asarray(batch['cond_frames_without_noise'])[:b], videos, np.asarray(batch['jpg'])[:b])
+  return videos
+
+
+def write_side_by_side(path: str, inputs, generated, target, fps: int = 4) -> None:
+  """inputs/target [B, T, H, W, 3] in [-1, 1], generated in [0, 1] → mp4 of rows input | generated | target."""
+  import imageio.v2 as imageio  # pylint: disable=g-import-not-at-top
+  to01 = lambda v: np.clip((np.asarray(v) + 1.0) / 2.0, 0, 1)  # noqa: E731
+  grid = np.concatenate([to01(inputs), np.asarray(generated), to01(target)], axis=3)  # along width
+  grid = np.concatenate(list(grid), axis=1)  # videos stacked vertically: [T, B·H, 3W, 3]
+  frames = (grid * 255).round().astype(np.uint8)
+  h, w = frames.shape[1:3]
+  pad = ((0, 0), (0, (-h) % 16), (0, (-w) % 16), (0, 0))  # codec-friendly size (macro blocks)
+  frames = np.pad(frames, pad)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + '.tmp.mp4'
+  imageio.mimwrite(tmp, list(frames), fps=fps, macro_block_size=1)
+  os.replace(tmp, path)

@@ -1,0 +1,76 @@
+"""Shared helpers for the trainer tests: tiny configs, subprocess runs of `gcd-jax train`, metrics logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(arg: str = 'data=synthetic,batch=8,frames=3', **overrides):
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  cfg = tiny.get_config(arg)
+  for k, v in overrides.items():
+    node = cfg
+    *parents, leaf = k.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return cfg
+
+
+def subprocess_env(devices: int, cache_dir: str) -> dict:
+  """Subprocesses set their own XLA_FLAGS (device count) and share a persistent compilation cache so that
+  the second and later runs of the same program skip XLA compilation."""
+  env = dict(os.environ)
+  flags = [f for f in env.get('XLA_FLAGS', '').split() if 'xla_force_host_platform_device_count' not in f]
+  env['XLA_FLAGS'] = ' '.join(flags + [f'--xla_force_host_platform_device_count={devices}'])
+  env['JAX_PLATFORMS'] = 'cpu'
+  env['JAX_COMPILATION_CACHE_DIR'] = cache_dir
+  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  env['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
+  env['PYTHONPATH'] = REPO + os.pathsep + env.get('PYTHONPATH', '')
+  return env
+
+
+def train_cmd(workdir: str, config: str, overrides=()) -> list[str]:
+  return [sys.executable, '-u', '-m', 'gcd_jax.commands.train', '--config', os.path.join(REPO, config),
+          '--workdir', workdir, *overrides]
+
+
+def read_losses(workdir: str) -> dict[int, float]:
+  """{step: loss} from W/metrics.jsonl (the LAST line per step wins: a resumed run re-logs nothing older)."""
+  out = {}
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return out
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if line:
+        d = json.loads(line)
+        out[int(d['step'])] = d['loss']
+  return out
+
+
+def committed_steps(workdir: str) -> list[int]:
+  """Checkpoint steps Orbax has committed (finalised folders named by the step number)."""
+  d = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(d):
+    return []
+  return sorted(int(n) for n in os.listdir(d) if n.isdigit())
+
+
+def wait_for(pred, proc, timeout: float, what: str):
+  t0 = time.time()
+  while time.time() - t0 < timeout:
+    if pred():
+      return
+    if proc.poll() is not None:
+      raise AssertionError(f'process exited ({proc.returncode}) before {what}')
+    time.sleep(0.2)
+  raise AssertionError(f'timed out waiting for {what}')
