@@ -23,17 +23,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--num-processes', type=int, default=0)
   parser.add_argument('--process-id', type=int, default=-1)
   parser.add_argument('--export', default='', help='after training, write the model in `gcd-jax convert` format here')
-  parser.add_argument('overrides', nargs=argparse.REMAINDER,
-                      help='--config.FIELD=VALUE overrides (after the other flags)')
+  # --config.FIELD=VALUE (or --config.FIELD VALUE) overrides, ml_collections style, anywhere on the line.
+  parser.set_defaults(overrides=[])
+  # `--config.x=y` flags are unknown to argparse: collect them instead of failing (the CLI calls parse_args).
+  _parse_known = parser.parse_known_args
+
+  def parse_args(args=None, namespace=None):
+    ns, rest = _parse_known(args, namespace)
+    bad = [r for r in rest if not r.lstrip('-').startswith('config.') and r != '--']
+    if bad and not all(_is_override_value(rest, r) for r in bad):
+      parser.error(f'unrecognized arguments: {" ".join(bad)}')
+    ns.overrides = list(ns.overrides or []) + rest
+    return ns
+
+  parser.parse_args = parse_args
+
+
+def _is_override_value(rest, item) -> bool:
+  """`--config.x VALUE` (space-separated form): VALUE follows an override without '='."""
+  i = rest.index(item)
+  return i > 0 and rest[i - 1].lstrip('-').startswith('config.') and '=' not in rest[i - 1]
 
 
 def parse(argv):
-  """argparse with --config.x=y overrides anywhere (they are unknown to argparse)."""
   parser = argparse.ArgumentParser(prog='gcd-jax train')
   add_arguments(parser)
-  args, rest = parser.parse_known_args(argv)
-  args.overrides = list(args.overrides or []) + rest
-  return args
+  return parser.parse_args(argv)
 
 
 def run(args) -> int:

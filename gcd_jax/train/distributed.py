@@ -12,7 +12,14 @@ import os
 
 import jax
 
-_AUTO_ENV = ('SLURM_JOB_ID', 'OMPI_COMM_WORLD_SIZE', 'TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS')
+def _multi_host_env() -> bool:
+  """True under a multi-task SLURM step, Open MPI, or on a multi-worker Cloud TPU slice."""
+  if int(os.environ.get('SLURM_NTASKS', '1')) > 1 and 'SLURM_STEP_ID' in os.environ:
+    return True
+  if int(os.environ.get('OMPI_COMM_WORLD_SIZE', '1')) > 1:
+    return True
+  hosts = os.environ.get('TPU_WORKER_HOSTNAMES', '')
+  return len([h for h in hosts.split(',') if h]) > 1
 
 
 def initialize(coordinator: str = '', num_processes: int = 0, process_id: int = -1,
@@ -23,7 +30,7 @@ def initialize(coordinator: str = '', num_processes: int = 0, process_id: int = 
       raise ValueError('--coordinator needs --num-processes and --process-id')
     jax.distributed.initialize(coordinator, num_processes, process_id, local_device_ids=local_device_ids)
     return True
-  if any(k in os.environ for k in _AUTO_ENV) and int(os.environ.get('SLURM_NTASKS', '2')) > 1:
-    jax.distributed.initialize()
+  if _multi_host_env():
+    jax.distributed.initialize()  # coordinator / count / id from the cluster environment
     return True
   return False

@@ -65,15 +65,16 @@ def logical_to_spec(shape: Sequence[int], names: Sequence[str | None] | None, ru
   size = lambda a: mesh.shape.get(a, 1)  # noqa: E731
   if fsdp_largest and 'fsdp' in mesh.shape:
     axes = [None if a == 'fsdp' else a for a in axes]
-    # The named dims not already split over a real (>1) axis, largest first (ties: the later, out-feature
-    # dim, which is what the 'mlp' rule would shard).
-    free = [d for d in range(len(shape)) if names[d] is not None and (axes[d] is None or size(axes[d]) == 1)]
+    # The dims not already split over a real (>1) axis, largest first (ties: the later, out-feature dim).
+    # Candidates: dims whose logical name the rules shard at all ('embed', 'mlp'; not 'norm' → None).
+    free = [d for d in range(len(shape)) if rules.get(names[d]) is not None and (axes[d] is None or size(axes[d]) == 1)]
     for d in sorted(free, key=lambda d: (-shape[d], -d)):
       if shape[d] % size('fsdp') == 0:
         axes[d] = 'fsdp'
         break
   for d, a in enumerate(axes):
-    if a is not None and (a not in mesh.shape or shape[d] % size(a)):
+    # Size-1 axes are dropped too (equivalent, and specs stay minimal/readable).
+    if a is not None and (a not in mesh.shape or size(a) == 1 or shape[d] % size(a)):
       axes[d] = None
   while axes and axes[-1] is None:
     axes.pop()
