@@ -32,7 +32,7 @@ def test_two_processes_match_one_process(tmp_path):
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
   multi = str(tmp_path / 'multi')
-  args = train_cmd(multi, CONFIG, OVERRIDES)[3:]  # drop python -u -m gcd_jax.commands.train
+  args = train_cmd(multi, CONFIG, OVERRIDES)[4:]  # drop `python -u -m gcd_jax.commands.train`
   procs = local_multiprocess.launch(2, 2, args, log_dir=str(tmp_path / 'logs'), env=subprocess_env(2, cache))
   code = local_multiprocess.wait_all(procs, timeout=900)
   logs = {i: (tmp_path / 'logs' / f'process_{i}.log').read_text() for i in range(2)}
