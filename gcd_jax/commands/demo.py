@@ -110,7 +110,7 @@ def run(args) -> int:
   return 0
 
 
-def _fit_vae(cfg, workdir: str, seed: int, steps: int = 150, lr: float = 1e-3, kl_weight: float = 1e-6):
+def _fit_vae(cfg, workdir: str, seed: int, steps: int = 150, lr: float = 1e-3, kl_weight: float = 1e-2):
   """Fits the tiny VAE (encoder + temporal decoder, num_frames = cfg.model.num_frames) on training frames,
   saves WORKDIR/vae_init (network/clip random, vae fitted) and points cfg.init_checkpoint at it.
   Skipped when WORKDIR/vae_init exists. → {'before': dB, 'after': dB} (None when skipped)."""
