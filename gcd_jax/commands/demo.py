@@ -5,12 +5,15 @@ r"""`gcd-jax demo`: the whole GCD pipeline on this CPU in a few minutes, no down
 
 1. builds the tiny procedural 4D dataset (TFDS `procedural_4d/tiny`, 6 scenes at 64×96) under
    WORKDIR/tensorflow_datasets if it is absent;
-2. trains the tiny GCD model (configs/tiny.py: 3 frames at 32×48, camera-conditioned) for --steps steps on
+2. fits the tiny VAE as an autoencoder on the procedural frames (150 Adam steps; saved as
+   WORKDIR/vae_init and used as the training init checkpoint; skipped when present);
+3. trains the tiny GCD model (configs/tiny.py: 3 frames at 32×48, camera-conditioned) for --steps steps on
    all local devices, checkpointing under WORKDIR/train/checkpoints (re-running resumes);
-3. samples a held-out (test-split) scene with the jitted EDM sampler and guidance;
-4. writes WORKDIR/demo.mp4 (input | generated | ground truth) and WORKDIR/demo_metrics.json, and prints a
-   metrics line (PSNR / SSIM of the sample vs the ground-truth target view; a few steps of training on 5
-   scenes gives a blurry but camera-consistent sample, not a good one).
+4. samples a held-out (test-split) scene with the jitted EDM sampler and guidance;
+5. writes WORKDIR/demo.mp4 (input | generated | ground truth) and WORKDIR/demo_metrics.json, and prints a
+   metrics line (PSNR / SSIM of the sample vs the ground-truth target view). The demo proves the pipeline
+   runs end to end; after ~5 minutes of CPU training of a random-init tiny model the generated panel is
+   still mostly noise (PSNR ≈ 12.7 dB): it is not a quality result.
 """
 
 from __future__ import annotations
