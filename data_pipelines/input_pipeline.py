@@ -71,6 +71,10 @@ def data_config(preset: str = 'procedural') -> ml_collections.ConfigDict:
   c.render_height, c.render_width = 280, 420  # render resolution (§4.8 step 1)
   c.num_frames = 14
   c.trajectory = 'kubric_gradual_max90'  # gcd_jax.geometry trajectory_config preset
+  # Target modality (ParallelDomain only): 'rgb', or 'semantic' = the reference's `output_modality: segm`
+  # (target = the cloud coloured by the ontology palette of each point's class id; input stays RGB).
+  c.output_modality = 'rgb'
+  c.modal_time = 0                 # §4.6: >0 blends RGB → semantic over frames 0..modal_time−1 (reference: 0)
   c.cond_aug = 0.02
   c.batch_size = 1
   c.seed = 0
@@ -145,9 +149,14 @@ class TfdsSceneSource:
     scene_idx, name, frames, _ = self.scenes[pos]
     return scene_idx, name, frames
 
+  @property
+  def semantic_palette(self) -> np.ndarray:
+    """Class id → colour [256, 3] uint8 (ParallelDomain builds; clear error otherwise)."""
+    return tfds_builders.semantic_palette(self._builder)
+
   def load_clip(self, pos: int, frames) -> dict[str, np.ndarray]:
-    """→ rgb [T, V, H, W, 3] uint8, depth [T, V, H, W] f32 (stored f16), intrinsics [V, 3, 3],
-    extrinsics [T, V, 4, 4]."""
+    """→ rgb [T, V, H, W, 3] uint8, depth [T, V, H, W] f32 (stored f16), segm [T, V, H, W] uint8
+    (Kubric-like: instance id; PD: semantic class id), intrinsics [V, 3, 3], extrinsics [T, V, 4, 4]."""
     scene_idx, name, avail, first = self.scenes[pos]
     recs = []
     for t in frames:
@@ -158,6 +167,7 @@ class TfdsSceneSource:
       recs.append(rec)
     return {'rgb': np.stack([r['rgb'] for r in recs]),
             'depth': np.stack([r['depth'] for r in recs]).astype(np.float32),
+            'segm': np.stack([r['segm'] for r in recs]),
             'intrinsics': np.asarray(recs[0]['intrinsics'], np.float32),
             'extrinsics': np.stack([r['extrinsics'] for r in recs]).astype(np.float32),
             'dset': int(recs[0]['dset'])}
@@ -185,14 +195,28 @@ class PointCloudSceneSource:
     scene_idx, name, frames, _ = self.scenes[pos]
     return scene_idx, name, frames
 
+  @property
+  def semantic_palette(self) -> np.ndarray:
+    """Class id → colour [256, 3] uint8 (stored in cameras.npz by PD builds; clear error otherwise)."""
+    cams = self.scenes[0][3] if self.scenes else {}
+    if 'semantic_palette' not in cams:
+      raise ValueError(f'point-cloud store {self.store.root!r} has no semantic_palette in cameras.npz: rebuild it '
+                       'from a ParallelDomain-4D copy with its ontology/*.json (gcd_spec.md §4.3) to train or '
+                       'evaluate semantic models.')
+    return np.asarray(cams['semantic_palette'], np.uint8)
+
   def load_clip(self, pos: int, frames) -> dict[str, np.ndarray]:
-    """→ xyz [T, P, 3] float16 (as stored), rgb [T, P, 3] uint8, intrinsics [V, 3, 3] (source-view pixels)."""
+    """→ xyz [T, P, 3] float16 (as stored), rgb [T, P, 3] uint8, intrinsics [V, 3, 3] (source-view pixels);
+    PD stores (class-id segm [V, N, 1]) also segm [T, P] uint8."""
     _, name, _, cams = self.scenes[pos]
     pcls = [self.store.frame(name, int(t)) for t in frames]
-    return {'xyz': np.stack([p['xyz'].reshape(-1, 3) for p in pcls]),
-            'rgb': np.stack([p['rgb'].reshape(-1, 3) for p in pcls]),
-            'intrinsics': np.asarray(cams['intrinsics'], np.float32),
-            'source_size': (int(cams['width']), int(cams['height'])), 'dset': self.dset}
+    out = {'xyz': np.stack([p['xyz'].reshape(-1, 3) for p in pcls]),
+           'rgb': np.stack([p['rgb'].reshape(-1, 3) for p in pcls]),
+           'intrinsics': np.asarray(cams['intrinsics'], np.float32),
+           'source_size': (int(cams['width']), int(cams['height'])), 'dset': self.dset}
+    if all('segm' in p and p['segm'].shape[-1] == 1 for p in pcls):
+      out['segm'] = np.stack([p['segm'].reshape(-1) for p in pcls])
+    return out
 
 
 def make_source(cfg):
@@ -237,6 +261,7 @@ class ExampleMaker:
     self._n = len(self.source)
     if self._n == 0:
       raise ValueError(f'no scenes in split {self.cfg.split!r} of {self.cfg.dataset}')
+    self._palette = check_output_modality(self.cfg, self.source)
 
   def scene_position(self, index: int) -> int:
     epoch, i = divmod(int(index), self._n)
@@ -257,6 +282,8 @@ class ExampleMaker:
       raise RuntimeError(f'{name}: no clip of {self.cfg.num_frames} frames fits the available frames {frames}')
     data = self.source.load_clip(pos, clip['clip_frames'])
     if is_pd:
+      if self._palette is not None:
+        data['semantic_palette'] = self._palette
       src_frames, dst_frames = render_pardom_views(data, clip, self.cfg)
     else:
       src_frames, dst_frames = render_kubric_views(data, clip, self.cfg)
@@ -285,6 +312,22 @@ class ExampleMaker:
         'src_camera': np.asarray(clip['src_camera'], np.float32),
         'dst_camera': np.asarray(clip['dst_camera'], np.float32),
     }
+
+
+def check_output_modality(cfg, source) -> np.ndarray | None:
+  """Validate cfg.output_modality / modal_time against the dataset; → the semantic palette [256, 3] uint8 when
+  the target is semantic, else None. Fails before any example is rendered."""
+  modality = cfg.get('output_modality', 'rgb')
+  if modality not in ('rgb', 'semantic'):
+    raise ValueError(f'output_modality={modality!r}; choose "rgb" or "semantic" (the reference\'s "segm")')
+  if int(cfg.get('modal_time', 0)) < 0:
+    raise ValueError(f'modal_time={cfg.modal_time} must be ≥ 0 (0: no RGB→semantic blending, the reference)')
+  if modality == 'rgb':
+    return None
+  if cfg.dataset != 'pardom_4d':
+    raise ValueError(f'output_modality="semantic" needs ParallelDomain-4D class labels; dataset {cfg.dataset!r} '
+                     'has instance ids only. Use dataset=pardom_4d or output_modality=rgb.')
+  return source.semantic_palette
 
 
 @functools.lru_cache(maxsize=8)
@@ -436,25 +479,61 @@ def render_kubric_views(data, clip, cfg) -> tuple[np.ndarray, np.ndarray]:
   return out[0], out[1]
 
 
-def render_pardom_views(data, clip, cfg) -> tuple[np.ndarray, np.ndarray]:
-  """§4.6: input = the real ego (yaw-0) frames, centre-cropped to 3:2 and resized; target rendered from the
-  merged cloud with yaw-60's intrinsics (`avail_intrinsics[-2:-1]`, §6.13). → [T, H, W, 3] × 2 in [−1, 1]."""
+def pardom_input_video(data, cfg) -> np.ndarray:
+  """§4.6 input video: the real ego (yaw-0) RGB frames, centre-cropped to 3:2 and bilinearly resized to the
+  model size (`load_pardom_video_vis_frames`). → [T, H, W, 3] in [−1, 1]."""
   import jax  # pylint: disable=g-import-not-at-top
-  xyz, rgb = clip_points(data)
   num_views = data['intrinsics'].shape[0]
   src_view = num_views - 3  # sorted order ends with yaw-0, yaw-60, yaw-neg-60
   sw, sh = _source_wh(data)
-  frames = (data['rgb'][:, src_view] if 'depth' in data else
-            rgb.reshape(rgb.shape[0], num_views, sh, sw, 3)[:, src_view])
+  if 'depth' in data:
+    frames = data['rgb'][:, src_view]
+  else:
+    rgb = data['rgb']
+    frames = rgb.reshape(rgb.shape[0], num_views, sh, sw, 3)[:, src_view]
   crop_h = min(sh, int(round(sw * cfg.height / cfg.width)))
   crop_w = min(sw, int(round(sh * cfg.width / cfg.height)))
   y0, x0 = (sh - crop_h) // 2, (sw - crop_w) // 2
   frames = frames[:, y0:y0 + crop_h, x0:x0 + crop_w].astype(np.float32) / 255.0
   src = np.asarray(jax.image.resize(frames, (frames.shape[0], cfg.height, cfg.width, 3), 'linear', antialias=False))
+  return to_model_range(np.clip(src, 0.0, 1.0))
+
+
+def render_pardom_views(data, clip, cfg) -> tuple[np.ndarray, np.ndarray]:
+  """§4.6: input = the real ego (yaw-0) frames (`pardom_input_video`); target rendered from the merged cloud
+  with yaw-60's intrinsics (`avail_intrinsics[-2:-1]`, §6.13), in RGB or (cfg.output_modality='semantic')
+  ontology colours. → [T, H, W, 3] × 2 in [−1, 1]."""
+  xyz, rgb = clip_points(data)
+  sw, sh = _source_wh(data)
+  src = pardom_input_video(data, cfg)
   k = render_intrinsics(data['intrinsics'][PD_INTRINSICS_VIEW], (sw, sh), (cfg.render_height, cfg.render_width))
-  out = render_clip(xyz, rgb, k, clip['dst_camera'][None], cfg)
-  clip['src_view_idx'] = src_view
-  return to_model_range(np.clip(src, 0.0, 1.0)), out[0]
+  modality = cfg.get('output_modality', 'rgb')
+  if modality == 'semantic':
+    target = render_clip(xyz, semantic_point_colors(data), k, clip['dst_camera'][None], cfg)[0]
+    modal_time = int(cfg.get('modal_time', 0))
+    if modal_time > 0:
+      # §4.6 modal_time: frame t < modal_time shows (1 − t/modal_time)·rgb + (t/modal_time)·semantic.
+      rgb_target = render_clip(xyz, rgb, k, clip['dst_camera'][None], cfg)[0]
+      alpha = np.minimum(np.arange(target.shape[0], dtype=np.float32) / modal_time, 1.0)[:, None, None, None]
+      target = (1.0 - alpha) * rgb_target + alpha * target
+  else:
+    target = render_clip(xyz, rgb, k, clip['dst_camera'][None], cfg)[0]
+  clip['src_view_idx'] = data['intrinsics'].shape[0] - 3
+  return src, target
+
+
+def semantic_point_colors(data) -> np.ndarray:
+  """ParallelDomain semantic colours of the clip's merged clouds: palette[class id] per point (§4.6,
+  `output_modality: segm`) → [T, P, 3] uint8, aligned with `clip_points`' rgb.
+
+  data: a `load_clip` dict with 'segm' (class ids, [T, V, H, W] or [T, P]) and 'semantic_palette' [256, 3].
+  Void (255) takes the ontology's Void colour, or black if the ontology does not list it."""
+  if 'segm' not in data or 'semantic_palette' not in data:
+    missing = [k for k in ('segm', 'semantic_palette') if k not in data]
+    raise ValueError(f'semantic target needs per-point class ids and the ontology palette; missing {missing}. '
+                     'Build the ParallelDomain dataset (or point-cloud store) with this version, ontology included.')
+  segm = np.asarray(data['segm'])
+  return np.asarray(data['semantic_palette'], np.uint8)[segm.reshape(segm.shape[0], -1)]
 
 
 @functools.lru_cache(maxsize=64)

@@ -77,6 +77,18 @@ def load_ontology_palette(path: str) -> np.ndarray:
   return palette
 
 
+def find_palette(root: str, scene: str | None = None) -> np.ndarray | None:
+  """The semantic palette [256, 3] uint8 of a PD-4D copy: scene_000000's ontology (the reference reads
+  only that one, for every scene), else `scene`'s, else the first scene's that has one; None if no scene
+  has an ontology."""
+  candidates = ['scene_000000'] + ([scene] if scene else []) + (list_scenes(root) if os.path.isdir(root) else [])
+  for name in candidates:
+    files = sorted(glob.glob(os.path.join(root, name, 'ontology', '*.json')))
+    if files:
+      return load_ontology_palette(files[0])
+  return None
+
+
 class PardomScene:
   """One ParallelDomain-4D scene folder."""
 
@@ -181,9 +193,9 @@ class PardomScene:
 
   @functools.cached_property
   def palette(self) -> np.ndarray:
-    """Semantic palette [256, 3] uint8 from this scene's ontology (else scene_000000's, as the reference)."""
-    for scene_dir in (self.path, os.path.join(self.root, 'scene_000000')):
-      files = sorted(glob.glob(os.path.join(scene_dir, 'ontology', '*.json')))
-      if files:
-        return load_ontology_palette(files[0])
-    raise FileNotFoundError(f'no ontology/*.json in {self.path!r} nor in scene_000000; needed for semantic colours.')
+    """Semantic palette [256, 3] uint8 (`find_palette`: scene_000000's ontology, as the reference)."""
+    palette = find_palette(self.root, self.name)
+    if palette is None:
+      raise FileNotFoundError(f'no ontology/*.json in {self.path!r} nor in any other scene of {self.root!r}; '
+                              'needed for semantic colours (gcd_spec.md §4.3).')
+    return palette

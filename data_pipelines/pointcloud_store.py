@@ -5,7 +5,9 @@ Layout written here (one folder per scene, one file per frame, like the referenc
                                            segm [V, N, 3] uint8 (Kubric: palette colours of the instance PNG)
                                                 or [V, N, 1] uint8 (PD: class id), PD also tag [V, N, 1] uint8
   <out>/<scene>/cameras.npz                intrinsics [V, 3, 3], extrinsics [V, T, 4, 4] (float64), width,
-                                           height, num_frames, frames (stored frame indices)
+                                           height, num_frames, frames (stored frame indices); PD also
+                                           semantic_palette [256, 3] uint8 (class id → colour) when the
+                                           copy has an ontology
 N = H·W: every pixel of every view is unprojected (no filtering), as the reference does.
 Reference-format `pcl_rgb_segm_*.pt` files (torch lists) are read too when torch is importable.
 
@@ -105,8 +107,14 @@ def build_scene_store(scene, out_root: str, frames=None, compress: bool = False)
       save_frame(frame_path(tmp, t), build_frame_pointcloud(scene, t), compress=compress)
       kept.append(t)
     intr, extr = scene.cameras()
+    extra = {}
+    if hasattr(scene, 'frame_complete'):  # PD: the semantic target needs the ontology colours (§4.6)
+      from data_pipelines.pardom4d import find_palette  # pylint: disable=g-import-not-at-top
+      palette = find_palette(scene.root, scene.name)
+      if palette is not None:
+        extra['semantic_palette'] = palette
     np.savez(os.path.join(tmp, 'cameras.npz'), intrinsics=intr, extrinsics=extr, width=scene.width,
-             height=scene.height, num_frames=scene.num_frames, frames=np.asarray(kept, np.int32))
+             height=scene.height, num_frames=scene.num_frames, frames=np.asarray(kept, np.int32), **extra)
     os.replace(tmp, final)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)

@@ -25,6 +25,12 @@ Records are written in generation order (`disable_shuffling=True`), scene by sce
 `info.metadata['scenes'][split]` lists `[scene_idx, scene_name, [frames...]]` in that order, so that the
 record of (scene, frame) is found without reading the dataset (`frame_index`). Readers still check the
 `id` field of every record they load.
+
+ParallelDomain builds also store `info.metadata['semantic_palette']`: the ontology's class id → RGB
+colour table [256, 3] (uint8 values), read once from scene_000000's ontology as the reference does
+(`pardom_arbit.py` loads `semantic_id_rgb_map` from scene_000000 only; else the first scene that has
+one). The semantic target of the `modality=semantic` models is the cloud coloured by
+`palette[segm]` (`semantic_palette`, gcd_spec.md §4.6).
 """
 
 from __future__ import annotations
@@ -143,7 +149,11 @@ class _SceneFramesBuilder(tfds.core.GeneratorBasedBuilder):
     if not gens:
       raise ValueError(f'{self.name}: no scenes found for any split; check the data location.')
     self.info.metadata['scenes'] = index
+    self.info.metadata.update(self._extra_metadata())
     return gens
+
+  def _extra_metadata(self) -> dict:
+    return {}
 
   def _generate_examples(self, plan, split):
     for scene, frames in plan:
@@ -190,6 +200,9 @@ class Pardom4d(_SceneFramesBuilder):
   """ParallelDomain-4D from a local copy in the published layout (§4.3); splits from the split JSON."""
 
   name = 'pardom_4d'
+  VERSION = tfds.core.Version('1.2.0')
+  RELEASE_NOTES = {**_SceneFramesBuilder.RELEASE_NOTES,
+                   '1.2.0': 'Semantic palette (ontology colours) in the metadata.'}
 
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Place the ParallelDomain-4D scene_XXXXXX/ folders and the reference eval/list/pardom_datasplit.json '
@@ -205,6 +218,12 @@ class Pardom4d(_SceneFramesBuilder):
     present = set(pardom4d.list_scenes(root))
     names = [n for n in splits.load_pardom_split(split_json, split) if n in present]
     return [pardom4d.PardomScene(root, n) for n in names[:self.builder_config.max_scenes_per_split]]
+
+  def _extra_metadata(self) -> dict:
+    root = self._require_manual_dir()
+    palette = pardom4d.find_palette(root)
+    # No ontology: RGB training still works; semantic training then stops with a message naming the file.
+    return {'semantic_palette': palette.tolist()} if palette is not None else {}
 
 
 # ---------------------------------------------------------------------------------------------- procedural
@@ -280,6 +299,18 @@ def build(name: str, *, data_dir: str, config: str | None = None, manual_dir: st
   builder = get_builder(name, data_dir=data_dir, config=config, manual_dir=manual_dir, **kwargs)
   builder.download_and_prepare(file_format='array_record')
   return builder
+
+
+def semantic_palette(builder: tfds.core.DatasetBuilder) -> np.ndarray:
+  """Class id → colour table [256, 3] uint8 stored by the ParallelDomain builder (see module docstring)."""
+  meta = builder.info.metadata
+  if meta is None or 'semantic_palette' not in meta:
+    raise ValueError(
+        f'{builder.name}/{builder.builder_config.name} has no semantic palette in its metadata: the dataset was '
+        'built without an ontology/*.json (scene_000000/ontology/, gcd_spec.md §4.3) or by an older version. '
+        'Put the ontology in place and rebuild with `gcd-jax data build pardom_4d --manual-dir ...` to train or '
+        'evaluate semantic (output_modality=semantic) models.')
+  return np.asarray(meta['semantic_palette'], np.uint8).reshape(256, 3)
 
 
 def frame_index(builder: tfds.core.DatasetBuilder, split: str) -> list[tuple[int, str, list[int], int]]:

@@ -247,3 +247,38 @@ def test_pardom_example_builder(tmp_path):
   np.testing.assert_allclose(ex['input01'], np.clip((want + 1) / 2, 0, 1), atol=1e-6)
   occ = np.mean(np.sum(np.abs(ex['reproject01']), -1) <= 1e-7)
   assert 0.0 < occ < 1.0  # the yaw-0 view alone leaves holes in the top-down view
+
+
+def test_pardom_semantic_example_builder_and_miou(tmp_path):
+  """Semantic PD checkpoints: GT = cloud rendered with ontology colours (as training), input still RGB;
+  mIoU of the GT against itself is 1 and against the RGB render is lower."""
+  from data_pipelines import input_pipeline, splits, tfds_builders
+  from gcd_jax.evaluate import metrics
+  from gcd_jax.geometry import trajectory
+  from tests.fixtures_data import write_pardom_fixture
+  raw, data_dir = str(tmp_path / 'pd'), str(tmp_path / 'tfds')
+  for i in (1, 3):
+    write_pardom_fixture(raw, i, num_frames=10, height=24, width=32)
+  splits.write_pardom_split(os.path.join(raw, 'pardom_datasplit.json'), ['scene_000001'], [], ['scene_000003'])
+  tfds_builders.build('pardom_4d', data_dir=data_dir, config='tiny', manual_dir=raw)
+  cfg = input_pipeline.data_config(f'tiny,dataset=pardom_4d,builder_config=tiny,data_dir={data_dir},split=test,'
+                                   'height=16,width=24,render_height=28,render_width=42,trajectory=pardom_gradual,'
+                                   'output_modality=semantic')
+  traj = trajectory.trajectory_config('pardom_gradual')
+  traj.num_frames = cfg.num_frames
+  ctrl = {'scene_000003': {'sample_00': {'frame_start': 1, 'frame_skip': 2, 'fps': 5}}}
+  sem = ev.ExampleBuilder(cfg, traj, ctrl, semantic=True)('scene_000003')
+  rgb = ev.ExampleBuilder(cfg, traj, ctrl)('scene_000003')
+  np.testing.assert_array_equal(sem['input01'], rgb['input01'])
+  # The GT equals the training pipeline's semantic target for the same clip and cameras.
+  src = input_pipeline.TfdsSceneSource(data_dir, 'pardom_4d', 'tiny', 'test')
+  data = dict(src.load_clip(0, [1, 3, 5, 7]), semantic_palette=src.semantic_palette)
+  dst = trajectory.pardom_topdown_trajectory(4, trajectory.resolve_move_time(traj), traj.trajectory)['dst_c2w']
+  _, want = input_pipeline.render_pardom_views(data, {'dst_camera': dst}, cfg)
+  np.testing.assert_allclose(sem['gt01'], np.clip((want + 1) / 2, 0, 1), atol=1e-5)
+  onto = os.path.join(raw, 'scene_000001', 'ontology', 'fdc593e7de5d680e0e82af9ca090e98a63d13a7e.json')
+  palette, _, ignore = metrics.load_semantic_palette(onto)
+  perfect = ev.scene_metrics(sem['gt01'][None], sem['gt01'], sem['reproject01'], palette=palette, ignore_index=ignore)
+  wrong = ev.scene_metrics(rgb['gt01'][None], sem['gt01'], sem['reproject01'], palette=palette, ignore_index=ignore)
+  assert float(perfect['miou_video'][0]) == 1.0
+  assert float(wrong['miou_video'][0]) < 0.9

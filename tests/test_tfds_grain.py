@@ -179,9 +179,11 @@ def test_data_command_show(kubric_tfds, kubric_root, tmp_path):  # noqa: F811
   assert rc == 1
 
 
-def test_pardom_pipeline(tmp_path):
+@pytest.fixture(scope='module')
+def pardom_tfds(tmp_path_factory):
   from data_pipelines import splits  # pylint: disable=g-import-not-at-top
   from tests.fixtures_data import write_pardom_fixture  # pylint: disable=g-import-not-at-top
+  tmp_path = tmp_path_factory.mktemp('pd_tfds')
   raw = str(tmp_path / 'pd')
   for i in (1, 2):
     write_pardom_fixture(raw, i, num_frames=10, height=24, width=32)
@@ -189,6 +191,11 @@ def test_pardom_pipeline(tmp_path):
                             ['scene_000002'], ['scene_000001'])
   data_dir = str(tmp_path / 'tfds')
   tfds_builders.build('pardom_4d', data_dir=data_dir, config='tiny', manual_dir=raw)
+  return raw, data_dir
+
+
+def test_pardom_pipeline(pardom_tfds):
+  raw, data_dir = pardom_tfds
   cfg = tiny_cfg(data_dir, dataset='pardom_4d', trajectory='pardom_gradual', batch_size=1)
   ex = input_pipeline.make_dataset(cfg)[0]
   assert np.all(ex['dset'] == 2) and np.all(ex['motion_bucket_id'] == 127)  # §4.6
@@ -206,6 +213,82 @@ def test_pardom_pipeline(tmp_path):
   frames = np.stack([scene.rgb('yaw-0', int(t)) for t in ex['clip_frames'][0]])[:, 1:22].astype(np.float32) / 255
   expect = np.asarray(jax.image.resize(frames, (4, 16, 24, 3), 'linear', antialias=False)) * 2 - 1
   np.testing.assert_allclose(ex['cond_frames_without_noise'][0], expect, atol=1e-6)
+
+
+# Fixture ontology (tests/fixtures_data.py): 0 sky, 1 floor, 2 sphere; the sphere's colour is PD's Pedestrian.
+FIXTURE_PALETTE = np.array([(10, 20, 30), (128, 64, 128), (220, 20, 60)], np.float32) / 255.0
+
+
+def test_pardom_semantic_target(pardom_tfds):
+  """output_modality=semantic (reference `segm`): same clip and RGB input, target = palette[class id] rendered."""
+  from gcd_jax.diffusion import config as diff_config, loss as loss_lib  # pylint: disable=g-import-not-at-top
+  raw, data_dir = pardom_tfds
+  builder = tfds_builders.get_builder('pardom_4d', data_dir=data_dir, config='tiny')
+  palette = tfds_builders.semantic_palette(builder)
+  np.testing.assert_array_equal(palette[:3], FIXTURE_PALETTE * 255)
+  assert palette.shape == (256, 3) and not palette[3:].any()
+  kw = dict(dataset='pardom_4d', trajectory='pardom_gradual', batch_size=1)
+  rgb_ds = input_pipeline.make_dataset(tiny_cfg(data_dir, **kw))
+  sem_ds = input_pipeline.make_dataset(tiny_cfg(data_dir, output_modality='semantic', **kw))
+  for i in range(2):
+    ex_rgb, ex = rgb_ds[i], sem_ds[i]
+    for key in ('cond_frames_without_noise', 'cond_frames', 'clip_frames', 'dst_camera', 'fps_id'):
+      np.testing.assert_array_equal(ex[key], ex_rgb[key], err_msg=key)  # same clip, cameras, RGB input
+    # Every pixel of the rendered target is a blend of palette colours; most (away from class edges and
+    # holes) are a palette colour exactly; floor and (pedestrian-coloured) sphere both appear.
+    jpg01 = (ex['jpg'][0] + 1) / 2
+    dist = np.abs(jpg01[..., None, :] - FIXTURE_PALETTE).max(-1)  # [T, H, W, 3 classes]
+    near = dist < 0.02
+    assert np.mean(near.any(-1)) > 0.5 and near[..., 1].any() and near[..., 2].any(), near.mean((0, 1, 2))
+    assert np.abs(ex['jpg'] - ex_rgb['jpg']).max() > 0.3
+    # It is the §4.8 render of the clip's clouds coloured by class (not a re-colouring of the RGB render).
+    src = input_pipeline.TfdsSceneSource(data_dir, 'pardom_4d', 'tiny', 'train')
+    pos = [p for p in range(len(src)) if src.scene(p)[0] == int(ex['scene_idx'][0])][0]
+    data = src.load_clip(pos, ex['clip_frames'][0])
+    colors = input_pipeline.semantic_point_colors(dict(data, semantic_palette=palette))
+    xyz, _ = input_pipeline.clip_points(data)
+    cfg = tiny_cfg(data_dir, **kw)
+    k = input_pipeline.render_intrinsics(data['intrinsics'][input_pipeline.PD_INTRINSICS_VIEW], (32, 24), (28, 42))
+    want = input_pipeline.render_clip(xyz, colors, k, ex['dst_camera'][:1], cfg)[0]
+    np.testing.assert_allclose(ex['jpg'][0], want, atol=1e-6)
+  # The PD semantic loss re-weighting finds the Pedestrian-coloured sphere in the semantic target (§2.3.1).
+  cfg_loss = diff_config.diffusion_config('semantic')
+  mask = loss_lib.pd_class_weight_mask(np.asarray(sem_ds[0]['jpg'][0]), (2, 3), cfg_loss)
+  assert float(np.max(mask)) > 0 and float(np.max(mask)) <= 6.0 + 1e-6  # person weight 7 → (7 − 1)
+  # (The fixture's red RGB sphere is close to the Pedestrian colour too, but covers fewer latent cells.)
+  rgb_mask = loss_lib.pd_class_weight_mask(np.asarray(rgb_ds[0]['jpg'][0]), (2, 3), cfg_loss)
+  assert float(np.sum(mask)) > float(np.sum(rgb_mask))
+
+
+def test_pardom_semantic_modal_time_and_errors(pardom_tfds, kubric_tfds):
+  raw, data_dir = pardom_tfds
+  kw = dict(dataset='pardom_4d', trajectory='pardom_gradual', batch_size=1)
+  rgb = input_pipeline.make_dataset(tiny_cfg(data_dir, **kw))[0]['jpg'][0]
+  sem = input_pipeline.make_dataset(tiny_cfg(data_dir, output_modality='semantic', **kw))[0]['jpg'][0]
+  mix = input_pipeline.make_dataset(tiny_cfg(data_dir, output_modality='semantic', modal_time=2, **kw))[0]['jpg'][0]
+  np.testing.assert_allclose(mix[0], rgb[0], atol=1e-6)  # frame 0 stays RGB
+  np.testing.assert_allclose(mix[1], 0.5 * rgb[1] + 0.5 * sem[1], atol=1e-6)
+  np.testing.assert_allclose(mix[2:], sem[2:], atol=1e-6)
+  with pytest.raises(ValueError, match='ParallelDomain-4D class labels'):
+    input_pipeline.make_dataset(tiny_cfg(kubric_tfds, output_modality='semantic'))
+  with pytest.raises(ValueError, match='choose "rgb" or "semantic"'):
+    input_pipeline.make_dataset(tiny_cfg(data_dir, output_modality='segmentation', **kw))
+
+
+def test_pardom_semantic_pointcloud_store(pardom_tfds, tmp_path):
+  """The point-cloud store carries class ids + palette; its semantic clouds equal the TFDS source's."""
+  from data_pipelines import pardom4d  # pylint: disable=g-import-not-at-top
+  raw, data_dir = pardom_tfds
+  pcl = str(tmp_path / 'pcl')
+  pointcloud_store.build_scene_store(pardom4d.PardomScene(raw, 1), pcl, frames=range(6))
+  store_src = input_pipeline.PointCloudSceneSource(pcl, dset=tfds_builders.DSET_PARDOM)
+  tfds_src = input_pipeline.TfdsSceneSource(data_dir, 'pardom_4d', 'tiny', 'train')
+  np.testing.assert_array_equal(store_src.semantic_palette, tfds_src.semantic_palette)
+  frames = [0, 2, 4, 5]
+  a, b = store_src.load_clip(0, frames), tfds_src.load_clip(0, frames)
+  a['semantic_palette'] = b['semantic_palette'] = tfds_src.semantic_palette
+  np.testing.assert_array_equal(input_pipeline.semantic_point_colors(a), input_pipeline.semantic_point_colors(b))
+  assert set(np.unique(a['segm'])) == {0, 1, 2}
 
 
 def test_data_command_build(kubric_root, tmp_path, capsys):  # noqa: F811

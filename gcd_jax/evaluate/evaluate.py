@@ -459,13 +459,13 @@ class ExampleBuilder:
     data = self.source.load_clip(pos, clip_frames)
     xyz, rgb = self.ip.clip_points(data)
     if self.semantic:
-      # Semantic models (PD, output_modality segm, §3): the target is the cloud rendered with palette
-      # colours. The records must carry them per point.
-      if 'segm_rgb' not in data:
-        raise EvaluationError('mIoU needs the semantic-colour ground truth (points coloured by the PD '
-                              'palette), which this data source does not provide (no "segm_rgb" in its '
-                              'records); evaluate semantic checkpoints on a source that carries it')
-      rgb = data['segm_rgb'].reshape(rgb.shape)
+      # Semantic models (PD, output_modality segm, §3): the GT is the cloud rendered with the ontology
+      # palette colour of each point's class id, exactly as the training target (input_pipeline).
+      if self.kind != 'pardom':
+        raise EvaluationError('semantic evaluation (mIoU) needs ParallelDomain-4D class labels; '
+                              f'{self.cfg.dataset} has none')
+      data['semantic_palette'] = self.source.semantic_palette
+      rgb = self.ip.semantic_point_colors(data)
     num_views = int(data['intrinsics'].shape[0])
     sw, sh = self.ip._source_wh(data)  # pylint: disable=protected-access
     render_hw = (self.cfg.render_height, self.cfg.render_width)
@@ -495,8 +495,7 @@ class ExampleBuilder:
         np.asarray(dst_c2w, np.float32), self.kind == 'kubric')
     to01 = lambda x: np.clip((np.asarray(x, np.float32) + 1.0) / 2.0, 0.0, 1.0)
     if self.kind == 'pardom':
-      clip = {'dst_camera': dst_c2w}
-      inp, _ = self.ip.render_pardom_views(data, clip, self.cfg)
+      inp = self.ip.pardom_input_video(data, self.cfg)
     input01 = to01(inp)
     cond = input01 * 2.0 - 1.0
     return {
@@ -572,12 +571,16 @@ def evaluate_from_args(args) -> str:
   if args.lpips != 'none':
     lpips_model = lpips_lib.load_lpips(args.lpips, args.lpips_backbone or None, args.lpips_heads or None)
   palette = ignore = None
+  semantic = bool(args.semantic_palette) or data_cfg.get('output_modality', 'rgb') == 'semantic'
+  if semantic and not args.semantic_palette:
+    raise EvaluationError('this checkpoint was trained on semantic targets (data.output_modality=semantic): pass '
+                          '--semantic-palette <pardom root>/scene_000000/ontology/<hash>.json for mIoU')
   if args.semantic_palette:
     from gcd_jax.evaluate import metrics  # pylint: disable=g-import-not-at-top
     palette, _, ignore = metrics.load_semantic_palette(args.semantic_palette)
 
   builder = ExampleBuilder(data_cfg, traj_cfg, {}, control_idx=args.control_idx, cond_aug=args.cond_aug,
-                           seed=args.seed, semantic=bool(args.semantic_palette))
+                           seed=args.seed, semantic=semantic)
   scenes = builder.scene_names()
   if args.list_file:
     wanted = splits.read_scene_list(args.list_file)

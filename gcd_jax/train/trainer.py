@@ -80,9 +80,9 @@ def initial_weights(config, builders, layouts, frozen_specs, net_specs, mesh, lo
 def check_config(config):
   from gcd_jax.models.config import validate_model_config  # pylint: disable=g-import-not-at-top
   validate_model_config(config.model)
-  if config.data.get('output_modality', 'rgb') == 'semantic':
-    raise NotImplementedError('data.output_modality=semantic: the input pipeline does not render ParallelDomain '
-                              'semantic-colour targets yet (data_pipelines); the loss side (class weights) is ready')
+  if config.data.get('output_modality', 'rgb') == 'semantic' and config.data.dataset != 'pardom_4d':
+    raise ValueError(f'data.output_modality=semantic needs ParallelDomain-4D (class labels); got data.dataset='
+                     f'{config.data.dataset!r}. Use configs/gcd.py:data=pardom,modality=semantic.')
   if config.model.num_frames != config.data.num_frames:
     raise ValueError(f'model.num_frames={config.model.num_frames} != data.num_frames={config.data.num_frames}')
 
