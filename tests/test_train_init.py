@@ -1,9 +1,7 @@
-"""Starting training from a converted checkpoint (`--config.init_checkpoint`, SVD → GCD camera layers) and EMA.
-
-* `initial_weights` loads every stored tensor onto its training sharding; an SVD-style checkpoint (no camera
-  path) leaves exactly the camera layers to a fresh init when `init_missing`, and is refused otherwise;
-* an in-process `train()` run from a checkpoint with EMA on: the EMA after step k is
-  d·EMA_{k−1} + (1 − d)·params_k with EMA_0 = the checkpoint's weights — so the run really started from them.
+"""Starting training from a converted SVD checkpoint (`--config.init_checkpoint`): `initial_weights` loads every
+stored tensor onto its training sharding; an SVD-style checkpoint (no camera path) leaves exactly the camera
+layers to a fresh init when `init_missing`, and is refused otherwise. (A full run from a GCD checkpoint,
+with EMA, is in test_train_step.py.)
 """
 
 from __future__ import annotations
@@ -12,11 +10,9 @@ import jax
 import numpy as np
 import pytest
 
-from gcd_jax.train import checkpoint as ckpt_lib
 from gcd_jax.train import sharding as sh
 from gcd_jax.train import train_step as ts
 from gcd_jax.train import trainer
-from tests.fixtures_evaluate import tiny_checkpoint  # noqa: F401  (session fixture)
 from tests.fixtures_train import tiny_config
 
 
@@ -60,31 +56,3 @@ def test_init_from_svd_checkpoint_fills_exactly_the_camera_layers(svd_checkpoint
   assert set(frozen) == {'vae', 'clip'}
   with pytest.raises(ValueError, match='init_missing'):
     _initial(tiny_config('data=synthetic,batch=8,frames=3', init_checkpoint=svd_checkpoint, init_missing=False))
-
-
-def test_train_from_checkpoint_with_ema(tiny_checkpoint, tmp_path):  # noqa: F811
-  decay = 0.75
-  cfg = tiny_config('data=synthetic,steps=2,batch=8,frames=3', init_checkpoint=tiny_checkpoint,
-                    features='precomputed', **{'optim.ema_decay': decay, 'optim.lr': 1e-3,
-                                               'checkpoint.every_steps': 1, 'checkpoint.async_save': False,
-                                               'checkpoint.max_to_keep': 0})
-  summary = trainer.train(cfg, str(tmp_path), log=lambda *_: None)
-  assert summary['step'] == 2
-  p0 = _stored_network(tiny_checkpoint)
-  builders, layouts = trainer.build_layouts(cfg)
-  del builders
-  mesh = sh.make_mesh(cfg.mesh.shape, cfg.mesh.axes)
-  tx, _ = ts.make_optimizer(cfg.optim)
-  abstract, specs = ts.state_specs(cfg, layouts['network'], tx, mesh)
-  assert 'ema' in abstract
-  manager = ckpt_lib.make_manager(str(tmp_path / 'checkpoints'), async_save=False, with_data=False)
-  s1, _ = ckpt_lib.restore(manager, abstract, specs, mesh, step=1)
-  s2, _ = ckpt_lib.restore(manager, abstract, specs, mesh, step=2)
-  moved = 0
-  for n in p0:
-    a0, p1, p2 = (np.asarray(x, np.float64) for x in (p0[n], s1['params'][n], s2['params'][n]))
-    e1, e2 = np.asarray(s1['ema'][n], np.float64), np.asarray(s2['ema'][n], np.float64)
-    np.testing.assert_allclose(e1, decay * a0 + (1 - decay) * p1, atol=1e-6, err_msg=n)
-    np.testing.assert_allclose(e2, decay * e1 + (1 - decay) * p2, atol=1e-6, err_msg=n)
-    moved += not np.array_equal(p1, a0)
-  assert moved > 0.9 * len(p0)  # Adam moved (almost) every tensor: the EMA lags the parameters

@@ -1,5 +1,8 @@
 """Train step on 8 fake CPU devices: sharding rules on every leaf, loss decrease on a fixed batch (real tiny
-GCD network + real GCD loss, CLIP and VAE in the step), the NaN guard, restore onto a different mesh."""
+GCD network + real GCD loss, CLIP and VAE in the step), the NaN guard, restore onto a different mesh.
+
+The run starts from a model checkpoint (`init_checkpoint`, as from `gcd-jax convert`) with EMA on, so one
+compile also checks that every weight comes from the checkpoint and the EMA recursion."""
 
 from __future__ import annotations
 
@@ -14,9 +17,11 @@ from gcd_jax.train import input as input_lib
 from gcd_jax.train import sharding as sh
 from gcd_jax.train import train_step as ts
 from gcd_jax.train import trainer
+from tests.fixtures_evaluate import tiny_checkpoint  # noqa: F401  (session fixture)
 from tests.fixtures_train import tiny_config
 
 STEPS = 6
+EMA_DECAY = 0.75
 
 
 def test_logical_to_spec_hand_cases():
@@ -41,9 +46,10 @@ def test_logical_to_spec_hand_cases():
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-  """A tiny in-step run on a (1, 8, 1) mesh: STEPS updates on ONE fixed batch of 8 videos × 3 frames."""
-  cfg = tiny_config(**{'optim.lr': 1e-3})
+def trained(tmp_path_factory, tiny_checkpoint):  # noqa: F811
+  """A tiny in-step run on a (1, 8, 1) mesh: STEPS updates on ONE fixed batch of 8 videos × 3 frames,
+  from `tiny_checkpoint`'s weights (network, VAE, CLIP), EMA on."""
+  cfg = tiny_config(init_checkpoint=tiny_checkpoint, **{'optim.lr': 1e-3, 'optim.ema_decay': EMA_DECAY})
   mesh = sh.make_mesh(cfg.mesh.shape, cfg.mesh.axes)
   builders, layouts = trainer.build_layouts(cfg)
   net_layout = layouts['network']
@@ -66,13 +72,38 @@ def trained(tmp_path_factory):
     return float(step(probe, frozen, gbatch)[1]['loss'])
 
   loss0 = eval_loss(state)
-  losses = []
+  losses, history = [], [jax.device_get({k: state[k] for k in ('params', 'ema')})]
   for _ in range(STEPS):
     state, m = step(state, frozen, gbatch)
     losses.append(float(m['loss']))
+    history.append(jax.device_get({k: state[k] for k in ('params', 'ema')}))
   return dict(cfg=cfg, mesh=mesh, state=state, specs=specs, abstract=abstract, fspecs=fspecs, frozen=frozen,
               loss0=loss0, loss_end=eval_loss(state), losses=losses, step=step, gbatch=gbatch, layout=net_layout,
-              tmp=tmp_path_factory.mktemp('train_step'))
+              history=history, tmp=tmp_path_factory.mktemp('train_step'))
+
+
+def test_starts_from_the_checkpoint_and_tracks_ema(trained, tiny_checkpoint):  # noqa: F811
+  """Every trainable and frozen weight at step 0 is the checkpoint's; EMA_k = d·EMA_{k−1} + (1 − d)·params_k
+  with EMA_0 = the initial weights (GCD trains without EMA, §3; the option follows the usual recursion)."""
+  from gcd_jax.convert import checkpoint_io  # pylint: disable=g-import-not-at-top
+  network, vae, clip = checkpoint_io.restore_model_checkpoint(tiny_checkpoint, shardings=None)
+  stored = ts.ParamLayout.of(network).flat(network)
+  h = trained['history']
+  assert set(h[0]['params']) == set(stored)
+  for n, v in stored.items():
+    np.testing.assert_array_equal(h[0]['params'][n], np.asarray(v), err_msg=n)
+    np.testing.assert_array_equal(h[0]['ema'][n], np.asarray(v), err_msg=n)
+  for name, module in (('vae', vae), ('clip', clip)):
+    want = ts.ParamLayout.of(module).flat(module)
+    for n, v in want.items():
+      np.testing.assert_array_equal(np.asarray(trained['frozen'][name][n]), np.asarray(v), err_msg=f'{name}.{n}')
+  d = EMA_DECAY
+  for k in range(1, len(h)):
+    for n in stored:
+      want = d * np.asarray(h[k - 1]['ema'][n], np.float64) + (1 - d) * np.asarray(h[k]['params'][n], np.float64)
+      np.testing.assert_allclose(h[k]['ema'][n], want, rtol=1e-6, atol=1e-7, err_msg=f'step {k} {n}')
+  moved = sum(not np.array_equal(h[-1]['params'][n], h[0]['params'][n]) for n in stored)
+  assert moved > 0.9 * len(stored)
 
 
 def test_every_leaf_has_the_rule_sharding(trained):
