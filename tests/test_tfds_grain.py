@@ -155,6 +155,26 @@ def test_pointcloud_source_matches_tfds_source(kubric_tfds, kubric_root, tmp_pat
   assert diff.mean() < 0.02, diff.mean()
 
 
+@pytest.mark.parametrize('source', ['tfds', 'pointcloud'])
+def test_host_and_jax_renderers_make_the_same_examples(kubric_tfds, kubric_root, tmp_path, source):  # noqa: F811
+  """cfg.renderer 'host' (render_host, the default) and 'jax' (jitted render) on both sources: RGB-D
+  records (unprojected by each) and the float16 point-cloud store."""
+  kw = {}
+  if source == 'pointcloud':
+    for i in range(3):
+      pointcloud_store.build_scene_store(kubric4d.KubricScene(kubric_root, i), str(tmp_path))
+    kw = {'source': 'pointcloud', 'pcl_root': str(tmp_path)}
+  host, jax_ = (input_pipeline.make_dataset(tiny_cfg(kubric_tfds, seed=3, renderer=r, **kw))[1]
+                for r in ('host', 'jax'))
+  assert host.keys() == jax_.keys()
+  for k in host:
+    if host[k].dtype.kind == 'f':  # float32 rounding (unprojection, projection) × the soft z-buffer slope
+      np.testing.assert_allclose(host[k], jax_[k], atol=3e-5, err_msg=k)
+    else:
+      np.testing.assert_array_equal(host[k], jax_[k], err_msg=k)
+  assert host['jpg'].std() > 0.05
+
+
 def test_worker_processes_match_in_process(kubric_tfds):
   cfg = tiny_cfg(kubric_tfds, seed=2)
   expected = _take(input_pipeline.make_iterator(cfg), 2)
