@@ -126,7 +126,7 @@ def unproject_planar(depth, intrinsics, extrinsics, out=None) -> np.ndarray:
   when given)."""
   depth = np.ascontiguousarray(depth)
   if depth.dtype == np.float16:
-    d32 = _scratch_array('depth32', depth.shape, np.float32)
+    d32 = scratch_array('depth32', depth.shape, np.float32)
     _f16_to_f32(depth.view(np.uint16), F16_TABLE, d32)
   else:
     d32 = np.ascontiguousarray(depth, np.float32)
@@ -297,7 +297,7 @@ def _combine(f, m, d64, a64, color_div, height, width, offsets, clamp):
 _LOCAL = threading.local()
 
 
-def _scratch_array(name: str, shape, dtype) -> np.ndarray:
+def scratch_array(name: str, shape, dtype) -> np.ndarray:
   """A per-thread work buffer reused across views and frames: fresh 10–40 MB arrays cost more in page
   faults than the loops that fill them. The contents are garbage; the next call with `name` reuses it."""
   bufs = _LOCAL.__dict__.setdefault('bufs', {})
@@ -323,11 +323,11 @@ def splat_planar(planar, colors, k_pixels, c2w, height: int, width: int, *, stre
     colors = colors.astype(np.float32)
   n = planar.shape[1]
   num_pix = height * width
-  ids, zs = _scratch_array('ids', (n,), np.int32), _scratch_array('zs', (n,), np.float32)
-  kidx, kpid = _scratch_array('kidx', (n,), np.int32), _scratch_array('kpid', (n,), np.int32)
-  kls = _scratch_array('kls', (n,), np.float32)
-  d64 = _scratch_array('d_own', (num_pix,), np.float64)
-  a64 = _scratch_array('a_own', (num_pix, colors.shape[1]), np.float64)
+  ids, zs = scratch_array('ids', (n,), np.int32), scratch_array('zs', (n,), np.float32)
+  kidx, kpid = scratch_array('kidx', (n,), np.int32), scratch_array('kpid', (n,), np.int32)
+  kls = scratch_array('kls', (n,), np.float32)
+  d64 = scratch_array('d_own', (num_pix,), np.float64)
+  a64 = scratch_array('a_own', (num_pix, colors.shape[1]), np.float64)
   _project(planar, np.asarray(k_pixels, np.float32), np.asarray(c2w, np.float32), height, width, ids, zs)
   has_valid = valid is not None
   valid_arr = np.asarray(valid, bool) if has_valid else np.ones(1, bool)
@@ -337,7 +337,7 @@ def splat_planar(planar, colors, k_pixels, c2w, height: int, width: int, *, stre
   e = np.exp(kls[:m], out=kls[:m])  # NumPy's SIMD exp (~10× Numba's scalar one); every argument is ≤ 0
   _accumulate(kidx, kpid, e, m, colors, d64, a64)
   offsets = _offsets(spread_radius)
-  t = _scratch_array('combine_t', (1 + offsets.shape[0], num_pix), np.float32)
+  t = scratch_array('combine_t', (1 + offsets.shape[0], num_pix), np.float32)
   m_pix = _combine_exponents(big_m, height, width, offsets, _F32(math.log(neighbor_weight)), t)
   f = np.exp(t, out=t)
   return _combine(f, m_pix, d64, a64, color_div, height, width, offsets, clamp)
