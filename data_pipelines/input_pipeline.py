@@ -2,7 +2,9 @@
 
 Per example: pick a scene, sample a clip and a camera trajectory (seeded by (seed, epoch, index)), build
 the merged point cloud of every clip frame, render the input (source) and target (destination) views
-with the §4.8 renderer, and return §4.10's dictionary — channels-last, batched to [B, T, ...]:
+with the §4.8 renderer (cfg.renderer: 'host' = gcd_jax.geometry.render_host, compiled loops on this CPU
+core, ~0.8 examples/s/core at Kubric density; 'jax' = the jitted gcd_jax.geometry.render, same result up
+to float32 rounding), and return §4.10's dictionary — channels-last, batched to [B, T, ...]:
 
   jpg                        [B, T, H, W, 3] f32  target video in [-1, 1]
   cond_frames_without_noise  [B, T, H, W, 3] f32  input video in [-1, 1]
