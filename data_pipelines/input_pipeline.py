@@ -315,7 +315,7 @@ def keep_freed_memory():
   glibc's defaults each one is a fresh mmap whose first touch page-faults: ~70 k faults, 0.3–0.5 s of
   kernel time per Kubric-size example on the benchmark VM (a third of its CPU cost). With the mmap
   threshold raised the blocks come from the heap and are reused: no faults after the first examples; the
-  process keeps its peak heap (~1 GB per pipeline thread). No-op without glibc."""
+  process keeps its peak heap (~1 GB with one pipeline thread). No-op without glibc."""
   global _MALLOC_TUNED
   if _MALLOC_TUNED:
     return
@@ -468,12 +468,13 @@ def render_clip_host(data, k, cams, cfg) -> np.ndarray:
 
 def render_clip_views(data, k, cams, cfg) -> np.ndarray:
   """[C, T] views of the clip (cfg.renderer: 'host' or 'jax') → [C, T, H, W, 3] in [−1, 1]."""
-  if cfg.renderer == 'host':
+  renderer = cfg.get('renderer', 'host')  # configs saved before the field existed: the default
+  if renderer == 'host':
     return render_clip_host(data, k, cams, cfg)
-  if cfg.renderer == 'jax':
+  if renderer == 'jax':
     xyz, rgb = clip_points(data)
     return render_clip(xyz, rgb, k, cams, cfg)
-  raise ValueError(f'unknown renderer {cfg.renderer!r}; use "host" (Numba, CPU) or "jax"')
+  raise ValueError(f'unknown renderer {renderer!r}; use "host" (Numba, CPU) or "jax"')
 
 
 @functools.lru_cache(maxsize=4)
