@@ -11,10 +11,12 @@ rate implied by the FLOP count.
   python bench/input_pipeline.py [--scenes 2] [--examples 4] [--source-size 576x384] [--mfu 0.4] [--renderer host]
 
 Kubric density (16 × 576×384 = 3.5 M points per frame, 28 renders per example), 1 pinned core of the
-shared 2-core dev VM, CPU seconds (`--examples 3`):
-                           procedural    point-cloud   v5p host cores (MFU 40 %)
-  jitted renderer, ZLIB      0.10 ex/s     0.13 ex/s     ~290   (0.15–0.17 on a quieter machine)
-  host renderer, raw records 0.83 ex/s     0.85 ex/s     ~35
+shared 2-core dev VM (load average 4–8 from other jobs, so ± 25 % run to run), CPU seconds, `--examples 3/4`:
+                           procedural      point-cloud     v5p host cores (MFU 40 %)
+  jitted renderer, ZLIB      0.10 ex/s       0.13 ex/s       ~290   (0.15–0.17 on a quieter machine)
+  host renderer, raw records 0.56–0.83 ex/s  0.78–0.89 ex/s  35–53
+(the first examples after the warm-up are the slow ones: the heap is still growing, see
+`input_pipeline.keep_freed_memory`; steady state is the upper end).
 Where a point-cloud example's ~1.2 s go now: 28 splats (gcd_jax.geometry.render_host) ~0.9 s — per view
 ~20 ms float64 accumulation over the ~1.9 M kept points, ~12 ms compaction + log-weights, ~4 ms projection,
 ~5 ms neighbour combine, ~5 ms hole fill + blur/resize; 14 float16 → float32 planar conversions 0.13 s;
