@@ -4,10 +4,26 @@ Two paths, each a procedural scene set at Kubric-4D's layout (16 views, 576×384
   procedural  TFDS ArrayRecord RGB-D records → unprojection → render input + target (data_config 'procedural')
   pointcloud  merged per-frame point-cloud store (.npz, gcd_spec §4.4) → render input + target
 Measured in-process (no worker processes), single thread, after one warm-up example (jit compile), so the
-number is per core. Also prints how many host cores a TPU v5p host (4 chips) needs at the train-step rate
-implied by the FLOP count.
+number is per core; examples_per_s_per_core counts the process's CPU seconds (the cores are shared), the
+_wall variant wall time. Also prints how many host cores a TPU v5p host (4 chips) needs at the train-step
+rate implied by the FLOP count.
 
-  python bench/input_pipeline.py [--scenes 2] [--examples 4] [--source-size 576x384] [--mfu 0.4]
+  python bench/input_pipeline.py [--scenes 2] [--examples 4] [--source-size 576x384] [--mfu 0.4] [--renderer host]
+
+Kubric density (16 × 576×384 = 3.5 M points per frame, 28 renders per example), 1 pinned core of the
+shared 2-core dev VM (load average 4–8 from other jobs, so ± 25 % run to run), CPU seconds, `--examples 3/4`:
+                           procedural      point-cloud     v5p host cores (MFU 40 %)
+  jitted renderer, ZLIB      0.10 ex/s       0.13 ex/s       ~290   (0.15–0.17 on a quieter machine)
+  host renderer, raw records 0.56–0.83 ex/s  0.78–0.89 ex/s  35–53
+(the first examples after the warm-up are the slow ones: the heap is still growing, see
+`input_pipeline.keep_freed_memory`; steady state is the upper end).
+Where a point-cloud example's ~1.2 s go now: 28 splats (gcd_jax.geometry.render_host) ~0.9 s — per view
+~20 ms float64 accumulation over the ~1.9 M kept points, ~12 ms compaction + log-weights, ~4 ms projection,
+~5 ms neighbour combine, ~5 ms hole fill + blur/resize; 14 float16 → float32 planar conversions 0.13 s;
+reading the 14 frames 0.08 s. The procedural path adds the (uncompressed) record reads ~0.3 s and the
+unprojection (~4 ms per frame) instead of the conversion. Before: the jitted renderer took ~150 ms per view
+(XLA:CPU projection ~40 ms, each scatter/gather pass ~10 ms, [N, C] scatters slower), ZLIB inflate
+0.6–1.0 s and `np.load` of the .npz frames ~2 s per example, page faults of fresh clip buffers ~0.4 s.
 """
 
 from __future__ import annotations
@@ -15,10 +31,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 
 import numpy as np
+
+# Import this checkout's packages (not an installed copy), like the other bench scripts.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 if __name__ == '__main__':
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
@@ -48,6 +68,7 @@ def main():
   ap.add_argument('--cores', type=int, default=1, help='Pin the process to this many CPU cores (per-core rate).')
   ap.add_argument('--mfu', type=float, default=0.4)
   ap.add_argument('--workdir', default=None)
+  ap.add_argument('--renderer', default='host', choices=('host', 'jax'), help="data config 'renderer'")
   args = ap.parse_args()
   cores = sorted(os.sched_getaffinity(0))[:args.cores]
   os.sched_setaffinity(0, cores)  # before jax starts its thread pools
@@ -62,7 +83,8 @@ def main():
   tfds_builders.generate_scenes(raw, range(args.scenes), preset='kubric',
                                 overrides={'width': w, 'height': h, 'num_frames': args.frames_per_scene})
   gen_s = time.perf_counter() - t0
-  results = {'source_size': [w, h], 'views': 16, 'scenes': args.scenes, 'cores': len(cores), 'generate_s_per_scene': gen_s / args.scenes}
+  results = {'source_size': [w, h], 'views': 16, 'scenes': args.scenes, 'cores': len(cores),
+             'renderer': args.renderer, 'generate_s_per_scene': gen_s / args.scenes}
 
   # procedural path: TFDS records.
   t0 = time.perf_counter()
@@ -71,7 +93,7 @@ def main():
   results['tfds_build_s'] = time.perf_counter() - t0
   cfg = input_pipeline.data_config('procedural')
   cfg.update(dict(data_dir=os.path.join(work, 'tfds'), builder_config='full', manual_dir=raw, split='train',
-                  shard_index=0, shard_count=1, num_threads=1))
+                  shard_index=0, shard_count=1, num_threads=1, renderer=args.renderer))
   del builder
   paths = {'procedural': (cfg, None)}
 
@@ -80,7 +102,8 @@ def main():
   for i in range(args.scenes):
     pointcloud_store.build_scene_store(kubric4d.KubricScene(raw, i), pcl)
   cfg_p = input_pipeline.data_config('procedural')
-  cfg_p.update(dict(source='pointcloud', pcl_root=pcl, shard_index=0, shard_count=1, num_threads=1))
+  cfg_p.update(dict(source='pointcloud', pcl_root=pcl, shard_index=0, shard_count=1, num_threads=1,
+                    renderer=args.renderer))
   paths['pointcloud'] = (cfg_p, None)
 
   for name, (c, _) in paths.items():

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import tempfile
+import zipfile
 
 import numpy as np
 
@@ -67,14 +69,49 @@ def save_frame(path: str, pcl: dict[str, np.ndarray], compress: bool = False):
   os.replace(tmp, path)
 
 
-def load_frame(path: str) -> dict[str, np.ndarray]:
-  """Read one merged frame: our .npz, or a reference `.pt` list (torch, weights_only=True)."""
+def _read_npz(path: str, keys=None, out=None) -> dict[str, np.ndarray]:
+  """Members of an .npz; uncompressed ones (what `save_frame` writes by default) are read straight from
+  the file into their array — one copy, no zip CRC pass. With segm skipped, reading a 14-frame Kubric-size
+  clip went from ~0.7–2 s (`np.load`, a third of the point-cloud path's per-example cost) to ~0.08 s. `out` maps keys to
+  preallocated arrays: a member whose shape/dtype matches is read into it (e.g. one frame of a clip
+  buffer), otherwise into a new array."""
+  out = out or {}
+  result = {}
+  with zipfile.ZipFile(path) as zf, open(path, 'rb') as f:
+    names = [n[:-4] for n in zf.namelist() if n.endswith('.npy')]
+    for key in (names if keys is None else keys):
+      info = zf.getinfo(key + '.npy')
+      if info.compress_type != zipfile.ZIP_STORED:
+        with zf.open(info) as member:
+          arr = np.lib.format.read_array(member)
+      else:
+        f.seek(info.header_offset)
+        local = f.read(30)  # zip local file header: the name and extra field lengths sit at bytes 26–29
+        name_len, extra_len = struct.unpack('<HH', local[26:30])
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(f)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+                       np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(f)
+        if fortran or dtype.hasobject:
+          raise ValueError(f'{path}: member {key} is not a C-ordered plain array')
+        arr = out.get(key)
+        if arr is None or arr.shape != tuple(shape) or arr.dtype != dtype or not arr.flags.c_contiguous:
+          arr = np.empty(shape, dtype)
+        if f.readinto(memoryview(arr.reshape(-1).view(np.uint8))) != arr.nbytes:
+          raise OSError(f'{path}: member {key} is truncated')
+      result[key] = arr
+  return result
+
+
+def load_frame(path: str, keys=None, out=None) -> dict[str, np.ndarray]:
+  """Read one merged frame: our .npz, or a reference `.pt` list (torch, weights_only=True). keys: the
+  arrays to read (default all); out: preallocated arrays to read them into (.npz)."""
   if not os.path.exists(path):
     raise FileNotFoundError(f'point-cloud frame {path!r} missing; build the store with '
                             '`gcd-jax data build` / build_scene_store, or check the frame index.')
   if path.endswith('.npz'):
-    with np.load(path) as z:
-      return {k: z[k] for k in z.files}
+    return _read_npz(path, keys, out)
   if path.endswith('.pt'):
     try:
       import torch  # pylint: disable=g-import-not-at-top
@@ -82,8 +119,8 @@ def load_frame(path: str) -> dict[str, np.ndarray]:
       raise ImportError(f'{path} is a reference torch point cloud; install torch==2.13.0 (CPU) to read it, '
                         'or convert the store to .npz') from e
     items = torch.load(path, map_location='cpu', weights_only=True)
-    keys = ['xyz', 'rgb', 'segm', 'tag']
-    return {k: v.numpy() for k, v in zip(keys, items)}
+    frame = {k: v.numpy() for k, v in zip(['xyz', 'rgb', 'segm', 'tag'], items)}
+    return frame if keys is None else {k: frame[k] for k in keys}
   raise ValueError(f'unknown point-cloud file type {path!r} (expected .npz or .pt)')
 
 
@@ -141,11 +178,12 @@ class PointCloudStore:
     with np.load(path) as z:
       return {k: z[k] for k in z.files}
 
-  def frame(self, scene: str, frame: int) -> dict[str, np.ndarray]:
+  def frame(self, scene: str, frame: int, keys=None, out=None) -> dict[str, np.ndarray]:
+    """Arrays of one frame (keys: which, default all; out: preallocated arrays to read .npz members into)."""
     d = os.path.join(self.root, scene)
     for path in (frame_path(d, frame), frame_path(d, frame, ext='pt'),
                  frame_path(d, frame, ext='pt', reference_pd_names=True)):
       if os.path.exists(path):
-        return load_frame(path)
+        return load_frame(path, keys, out)
     raise FileNotFoundError(f'point cloud of {scene} frame {frame} not found under {d!r} '
                             f'(looked for {os.path.basename(frame_path(d, frame))} and the reference .pt names).')

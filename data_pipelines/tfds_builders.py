@@ -12,12 +12,18 @@ Features (stack.md: `Tensor` features only — `Video`/`Image` need TensorFlow):
   frame        int32   frame index t within the scene
   split        Text
   dset         int32   1 = Kubric-like (procedural, Kubric-4D), 2 = ParallelDomain (§4.10)
-  rgb          uint8   [V, H, W, 3] (ZLIB)
-  depth        float16 [V, H, W] planar camera z in metres (Kubric ray depth corrected as §4.4) (ZLIB).
-                       float16 like the reference's stored xyz (§4.4): ≤ 0.05 % relative error, and it
-                       compresses ~16× (float32: 1.4×) and decodes 7× faster — decoding was a third of the
-                       per-example cost with float32 depth
-  segm         uint8   [V, H, W] instance id (Kubric) / semantic class id (PD) (ZLIB)
+  rgb          uint8   [V, H, W, 3] (raw bytes, uncompressed: see below)
+  depth        float16 [V, H, W] planar camera z in metres (Kubric ray depth corrected as §4.4) (raw bytes).
+                       float16 like the reference's stored xyz (§4.4): ≤ 0.05 % relative error, a third of
+                       float16 xyz
+  segm         uint8   [V, H, W] instance id (Kubric) / semantic class id (PD) (ZLIB; the training pipeline
+                       does not decode it)
+
+Since version 1.2.0 rgb and depth are stored uncompressed, and the ArrayRecord files are written
+uncompressed (`_uncompressed_array_records`; TFDS would apply ArrayRecord's default compression): inflating
+them was ~45 ms per Kubric-size record, 0.6–1.0 s of every 14-frame training example — more than rendering
+it (`gcd_jax.geometry.render_host`). Reading a record is now a copy. The cost is disk: ~18 MB per
+Kubric-size record (576×384×16), ~2–3× the ZLIB size on real Kubric-4D (procedural frames compress more).
   intrinsics   float32 [V, 3, 3] pixels
   extrinsics   float32 [V, 4, 4] camera-to-world (right, down, forward), §4.9
 
@@ -35,11 +41,14 @@ one). The semantic target of the `modality=semantic` models is the cloud coloure
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 
+from array_record.python import array_record_module
 import numpy as np
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import file_adapters
 
 from data_pipelines import kubric4d, pardom4d, splits
 from data_pipelines.pointcloud_store import MAX_DEPTH
@@ -48,6 +57,30 @@ from gcd_jax.geometry import pointcloud
 DSET_KUBRIC = 1
 DSET_PARDOM = 2
 _ZLIB = tfds.features.Encoding.ZLIB
+_RAW = tfds.features.Encoding.BYTES  # the array's bytes as one bytes feature, no compression
+
+
+@contextlib.contextmanager
+def _uncompressed_array_records():
+  """Make TFDS write ArrayRecord files uncompressed while the block runs. TFDS 4.9.10 hardcodes the
+  writer options to 'group_size:1' (ArrayRecord's default compression), with no setting to change them;
+  this replaces `ArrayRecordFileAdapter.write_examples` by the same loop with 'group_size:1,uncompressed'.
+  Readers need nothing: ArrayRecord files record their own compression."""
+  adapter = file_adapters.ArrayRecordFileAdapter
+  original = adapter.__dict__['write_examples']
+
+  def write_examples(cls, path, iterator):
+    del cls
+    writer = array_record_module.ArrayRecordWriter(os.fspath(path), 'group_size:1,uncompressed')
+    for _, serialized_example in iterator:
+      writer.write(serialized_example)
+    writer.close()
+
+  adapter.write_examples = classmethod(write_examples)
+  try:
+    yield
+  finally:
+    adapter.write_examples = original
 
 
 def record_id(scene_idx: int, frame: int) -> int:
@@ -62,8 +95,8 @@ def _features() -> tfds.features.FeaturesDict:
       'frame': np.int32,
       'split': tfds.features.Text(),
       'dset': np.int32,
-      'rgb': tfds.features.Tensor(shape=(None, None, None, 3), dtype=np.uint8, encoding=_ZLIB),
-      'depth': tfds.features.Tensor(shape=(None, None, None), dtype=np.float16, encoding=_ZLIB),
+      'rgb': tfds.features.Tensor(shape=(None, None, None, 3), dtype=np.uint8, encoding=_RAW),
+      'depth': tfds.features.Tensor(shape=(None, None, None), dtype=np.float16, encoding=_RAW),
       'segm': tfds.features.Tensor(shape=(None, None, None), dtype=np.uint8, encoding=_ZLIB),
       'intrinsics': tfds.features.Tensor(shape=(None, 3, 3), dtype=np.float32),
       'extrinsics': tfds.features.Tensor(shape=(None, 4, 4), dtype=np.float32),
@@ -99,9 +132,15 @@ def scene_frame_record(scene, frame: int, split: str) -> dict:
 class _SceneFramesBuilder(tfds.core.GeneratorBasedBuilder):
   """Shared writer: subclasses list the scenes of each split (`_scenes(split)` → readers)."""
 
-  VERSION = tfds.core.Version('1.1.0')
+  VERSION = tfds.core.Version('1.2.0')
   RELEASE_NOTES = {'1.0.0': 'Per-(scene, frame) RGB-D views + cameras.',
-                   '1.1.0': 'Planar depth stored as float16 (was float32).'}
+                   '1.1.0': 'Planar depth stored as float16 (was float32).',
+                   '1.2.0': 'rgb and depth stored uncompressed, in uncompressed ArrayRecord files (reading '
+                            'was dominated by inflating them).'}
+
+  def download_and_prepare(self, *args, **kwargs):
+    with _uncompressed_array_records():
+      return super().download_and_prepare(*args, **kwargs)
 
   # No download URLs. Overriding `code_path` also keeps TFDS from probing package resources through
   # `importlib_resources`, which tensorflow-datasets 4.9.10 uses but does not install on Python 3.11.
@@ -200,9 +239,9 @@ class Pardom4d(_SceneFramesBuilder):
   """ParallelDomain-4D from a local copy in the published layout (§4.3); splits from the split JSON."""
 
   name = 'pardom_4d'
-  VERSION = tfds.core.Version('1.2.0')
+  VERSION = tfds.core.Version('1.3.0')
   RELEASE_NOTES = {**_SceneFramesBuilder.RELEASE_NOTES,
-                   '1.2.0': 'Semantic palette (ontology colours) in the metadata.'}
+                   '1.3.0': 'Semantic palette (ontology colours) in the metadata.'}
 
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Place the ParallelDomain-4D scene_XXXXXX/ folders and the reference eval/list/pardom_datasplit.json '

@@ -272,7 +272,7 @@ def test_pardom_semantic_example_builder_and_miou(tmp_path):
   np.testing.assert_array_equal(sem['input01'], rgb['input01'])
   # The GT equals the training pipeline's semantic target for the same clip and cameras.
   src = input_pipeline.TfdsSceneSource(data_dir, 'pardom_4d', 'tiny', 'test')
-  data = dict(src.load_clip(0, [1, 3, 5, 7]), semantic_palette=src.semantic_palette)
+  data = dict(src.load_clip(0, [1, 3, 5, 7], with_segm=True), semantic_palette=src.semantic_palette)
   dst = trajectory.pardom_topdown_trajectory(4, trajectory.resolve_move_time(traj), traj.trajectory)['dst_c2w']
   _, want = input_pipeline.render_pardom_views(data, {'dst_camera': dst}, cfg)
   np.testing.assert_allclose(sem['gt01'], np.clip((want + 1) / 2, 0, 1), atol=1e-5)

@@ -104,6 +104,31 @@ def test_pointcloud_store_roundtrip(kubric_root, tmp_path):
   del out
 
 
+def test_pointcloud_frame_direct_read(tmp_path):
+  """load_frame reads uncompressed .npz members straight from the file (no zip CRC pass), into given
+  arrays when their shape/dtype match; compressed files and absent keys still behave like np.load."""
+  rng = np.random.default_rng(0)
+  pcl = {'xyz': rng.normal(size=(2, 7, 3)).astype(np.float16), 'rgb': rng.integers(0, 255, (2, 7, 3), np.uint8),
+         'segm': rng.integers(0, 255, (2, 7, 1), np.uint8)}
+  for compress in (False, True):
+    path = str(tmp_path / f'pcl_rgb_segm_00000_{compress}.npz')
+    pointcloud_store.save_frame(path, pcl, compress=compress)
+    got = pointcloud_store.load_frame(path)
+    assert sorted(got) == sorted(pcl)
+    for k in pcl:
+      np.testing.assert_array_equal(got[k], pcl[k])
+      assert got[k].dtype == pcl[k].dtype
+    dest = {'xyz': np.zeros((2, 7, 3), np.float16), 'rgb': np.zeros((3, 7, 3), np.uint8)}  # rgb: wrong shape
+    got = pointcloud_store.load_frame(path, keys=('xyz', 'rgb'), out=dest)
+    assert sorted(got) == ['rgb', 'xyz']
+    assert (got['xyz'] is dest['xyz']) == (not compress)
+    assert got['rgb'] is not dest['rgb']
+    np.testing.assert_array_equal(got['xyz'], pcl['xyz'])
+    np.testing.assert_array_equal(got['rgb'], pcl['rgb'])
+    with pytest.raises(KeyError):
+      pointcloud_store.load_frame(path, keys=('tag',))
+
+
 def test_reference_pt_format_is_read(tmp_path):
   torch = pytest.importorskip('torch')
   xyz = torch.randn(2, 5, 3).half()

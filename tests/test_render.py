@@ -1,5 +1,6 @@
 """The §4.8 point-cloud renderer: known geometry, occlusion, equality with the reference formula
-Σw·c/Σw computed in float64 (where float32 naive exp overflows), blur/resize vs torch, round trip."""
+Σw·c/Σw computed in float64 (where float32 naive exp overflows), blur/resize vs torch, round trip.
+Each splat test runs both implementations: the jitted `render` and the host (Numba) `render_host`."""
 
 import math
 
@@ -9,7 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gcd_jax.geometry import cameras, pointcloud, procedural, render
+from gcd_jax.geometry import cameras, pointcloud, procedural, render, render_host
+
+# Both implementations of §4.8 steps 2–5, same signature.
+RENDERERS = {'jax': render.render_point_cloud, 'host': render_host.render_point_cloud_host}
+both_renderers = pytest.mark.parametrize('renderer', sorted(RENDERERS))
 
 
 def reference_render(points, colors, k, c2w, h, w, strength=None, log_space=False):
@@ -77,7 +82,8 @@ def test_projection_truncation_bounds_and_depth():
   np.testing.assert_allclose(np.asarray(z), pts[:, 2], rtol=1e-6)
 
 
-def test_plane_lands_on_expected_pixels():
+@both_renderers
+def test_plane_lands_on_expected_pixels(renderer):
   """A fronto-parallel square (dense points) seen head-on covers exactly the predicted pixel block,
   plus the one-pixel right/down 0.02 splat border."""
   c2w = cameras.extrinsics_from_look_at([0.0, -10.0, 1.0], [0.0, 0.0, 1.0])  # looks along +y
@@ -85,7 +91,7 @@ def test_plane_lands_on_expected_pixels():
   xs, zs = np.meshgrid(np.linspace(-1, 1, 201), np.linspace(0.5, 1.5, 101))
   pts = np.stack([xs.ravel(), np.zeros(xs.size), zs.ravel()], -1)
   col = np.tile([[0.2, 0.6, 0.9]], (len(pts), 1))
-  img, mask = render.render_point_cloud(pts, col, K_SMALL, c2w, H_SMALL, W_SMALL)
+  img, mask = RENDERERS[renderer](pts, col, K_SMALL, c2w, H_SMALL, W_SMALL)
   img, mask = np.asarray(img), np.asarray(mask)
   u0, u1 = int(18 - 3.6 + 0.5), int(18 + 3.6 + 0.5)   # trunc(u + 0.5) of the extreme points
   v0, v1 = int(12 - 1.8 + 0.5), int(12 + 1.8 + 0.5)
@@ -96,14 +102,15 @@ def test_plane_lands_on_expected_pixels():
   np.testing.assert_array_equal(img[~mask], 0.0)
 
 
-def test_occlusion_resolves_to_nearer_surface():
+@both_renderers
+def test_occlusion_resolves_to_nearer_surface(renderer):
   c2w = cameras.extrinsics_from_look_at([0.0, -10.0, 1.0], [0.0, 0.0, 1.0])
   g = np.stack(np.meshgrid(np.linspace(-1, 1, 81), np.linspace(0.5, 1.5, 41)), -1).reshape(-1, 2)
   near = np.stack([g[:, 0], np.full(len(g), -5.0), g[:, 1]], -1)          # 5 m from the camera, red
   far = np.stack([g[:, 0] * 3, np.full(len(g), 0.0), g[:, 1] * 1.5], -1)  # 10 m, blue, larger
   pts = np.concatenate([far, near])  # far points first: order must not matter
   col = np.concatenate([np.tile([0.0, 0.0, 1.0], (len(g), 1)), np.tile([1.0, 0.0, 0.0], (len(g), 1))])
-  img, mask = render.render_point_cloud(pts, col, K_SMALL, c2w, H_SMALL, W_SMALL)
+  img, mask = RENDERERS[renderer](pts, col, K_SMALL, c2w, H_SMALL, W_SMALL)
   img = np.asarray(img)
   # Near square: u = 18 ± 7.2, v = 12 ± 3.6 → the interior is pure red (weight ratio exp(−512·(2·5/10)) ≈ 0).
   np.testing.assert_allclose(img[10:15, 13:24], np.broadcast_to([1, 0, 0], (5, 11, 3)), atol=1e-6)
@@ -113,7 +120,8 @@ def test_occlusion_resolves_to_nearer_surface():
 
 @pytest.mark.parametrize('case', ['kubric_dense', 'kubric_wide_depth', 'pardom_far', 'extreme_strength',
                                   'procedural_scene'])
-def test_stable_renderer_equals_float64_reference(case):
+@both_renderers
+def test_stable_renderer_equals_float64_reference(case, renderer):
   rng = np.random.default_rng({'kubric_dense': 0, 'kubric_wide_depth': 1, 'pardom_far': 2,
                                'extreme_strength': 3, 'procedural_scene': 4}[case])
   c2w = cameras.extrinsics_from_spherical([30.0, 20.0, 15.0])
@@ -140,12 +148,12 @@ def test_stable_renderer_equals_float64_reference(case):
   pts = pts.astype(np.float32)  # the reference stores float16/float32 points; both sides see these values
   ref, ref_mask = reference_render(pts, col, K_SMALL, c2w.astype(np.float32).astype(np.float64), H_SMALL,
                                    W_SMALL, strength, log_space)
-  out, mask = render.render_point_cloud(pts, col, K_SMALL, c2w, H_SMALL, W_SMALL, strength=strength)
+  out, mask = RENDERERS[renderer](pts, col, K_SMALL, c2w, H_SMALL, W_SMALL, strength=strength)
   out = np.asarray(out)
   assert np.all(np.isfinite(out))
   np.testing.assert_array_equal(np.asarray(mask), ref_mask)
   err = np.abs(out - ref).max()
-  print(f'{case}: max |stable f32 − reference f64| = {err:.2e}')
+  print(f'{case} ({renderer}): max |stable f32 − reference f64| = {err:.2e}')
   # Measured ≤ 7e-6. Bound: float32 camera depths carry ~6e-8 relative error, which the log-weights
   # −2·strength·z/z_max turn into ≲ 6e-5 absolute (a relative weight change of that size); the colour
   # error is ≤ ¼ of it times |Δc|.
@@ -158,7 +166,8 @@ def test_stable_renderer_equals_float64_reference(case):
     assert np.isinf(naive).any()
 
 
-def test_valid_mask_ignores_padding_points():
+@both_renderers
+def test_valid_mask_ignores_padding_points(renderer):
   rng = np.random.default_rng(4)
   c2w = cameras.extrinsics_from_spherical([30.0, 20.0, 15.0])
   pts = (rng.normal(size=(200, 3)) + [0, 0, 1]).astype(np.float32)
@@ -166,10 +175,11 @@ def test_valid_mask_ignores_padding_points():
   junk = np.concatenate([pts, rng.normal(size=(50, 3)).astype(np.float32) * 0.1 + [0, 0, 1]])
   junk_col = np.concatenate([col, np.ones((50, 3), np.float32)])
   valid = np.arange(250) < 200
-  a, _ = render.render_point_cloud(pts, col, K_SMALL, c2w, H_SMALL, W_SMALL)
-  b, _ = render.render_point_cloud(junk, junk_col, K_SMALL, c2w, H_SMALL, W_SMALL, valid=valid)
+  rend = RENDERERS[renderer]
+  a, _ = rend(pts, col, K_SMALL, c2w, H_SMALL, W_SMALL)
+  b, _ = rend(junk, junk_col, K_SMALL, c2w, H_SMALL, W_SMALL, valid=valid)
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-7)
-  empty, m = render.render_point_cloud(pts, col, K_SMALL, c2w, H_SMALL, W_SMALL, valid=np.zeros(200, bool))
+  empty, m = rend(pts, col, K_SMALL, c2w, H_SMALL, W_SMALL, valid=np.zeros(200, bool))
   assert not np.asarray(m).any() and np.all(np.asarray(empty) == 0)
 
 
@@ -282,3 +292,55 @@ def test_render_point_cloud_is_jittable_float32():
   img, mask = f(pts, col, K_SMALL, c2w, height=H_SMALL, width=W_SMALL)
   assert img.dtype == np.float32 and mask.dtype == bool
   assert not jax.config.jax_enable_x64
+
+
+@pytest.mark.parametrize('case', ['kubric', 'pardom_far', 'holes_and_radius2'])
+def test_host_renderer_equals_jitted_renderer(case):
+  """`render_host` (what the input pipeline runs) against `render` on a merged procedural cloud, float16
+  points and uint8 colours as the stores hold them: splat, and the whole view (hole fill, 3×3 blur folded
+  into the resize, [−1, 1]) incl. the reproject baseline's kernel 3. Differences are float32 rounding
+  (≲ 1e-5; a point whose float32 projection lands exactly on a pixel border could flip pixel in one of
+  them — at 3.5 M-point Kubric size that happens to ~50 points, changing ≲ 12 pixels by up to 1e-2,
+  equally far from the float64 reference for both)."""
+  scene = procedural.generate_scene(1, procedural.scene_config('test', height=24, width=36))
+  views = [scene.render(v, 0) for v in range(16)]
+  pts, col = pointcloud.merge_views(np.stack([v[1] for v in views]), np.stack([v[0] for v in views]),
+                                    scene.intrinsics, scene.extrinsics, ray_depth=True)
+  pts16, col_u8 = pts.astype(np.float16), col.astype(np.uint8)
+  k = cameras.render_intrinsics(cameras.normalize_intrinsics(scene.intrinsics[0], 36, 24), 42, 28, 1.5)
+  c2w = cameras.extrinsics_from_spherical([70.0, 25.0, 14.0])
+  kw = {}
+  if case == 'pardom_far':  # max depth ≥ 64: √z, clamp 32, strength 256
+    pts16 = (pts16.astype(np.float32) * 8.0).astype(np.float16)
+    c2w = cameras.extrinsics_from_spherical([70.0, 25.0, 110.0])
+  elif case == 'holes_and_radius2':  # a sparse cloud: many black pixels to fill; wider splats
+    keep = np.random.default_rng(0).uniform(size=len(pts16)) < 0.05
+    pts16, col_u8 = pts16[keep], col_u8[keep]
+    kw = {'spread_radius': 2}
+  pts32, col01 = pts16.astype(np.float32), col_u8.astype(np.float32) / 255.0
+  a, ma = render.render_point_cloud(pts32, col01, k, c2w, 28, 42, **kw)
+  b, mb = render_host.render_point_cloud_host(pts16, col_u8, k, c2w, 28, 42, **kw)
+  np.testing.assert_array_equal(np.asarray(ma), mb)
+  assert np.asarray(mb).mean() > (0.3 if case == 'holes_and_radius2' else 0.9)
+  if case == 'holes_and_radius2':
+    assert (b.sum(-1) == 0).sum() > 50  # the hole fill has work to do
+  # float32 depth rounding × the 1024/z_max log-weight slope: ≲ 1e-5 (see the float64 reference test).
+  np.testing.assert_allclose(b, np.asarray(a), atol=1e-5)
+  for blur_kernel in (21, 3):
+    va = render.render_view(pts32, col01, k, c2w, render_height=28, render_width=42, out_height=16, out_width=24,
+                            blur_kernel=blur_kernel, **kw)
+    vb = render_host.render_view_host(pts16, col_u8, k, c2w, render_height=28, render_width=42, out_height=16,
+                                      out_width=24, blur_kernel=blur_kernel, **kw)
+    assert vb.shape == (16, 24, 3) and vb.dtype == np.float32
+    np.testing.assert_allclose(vb, np.asarray(va), atol=1e-5)
+
+
+def test_host_unprojection_equals_geometry():
+  """`render_host.unproject_planar` (pipeline's RGB-D path) = `pointcloud.unproject_depth` per view."""
+  scene = procedural.generate_scene(2, procedural.scene_config('test', height=24, width=36))
+  depth = np.stack([pointcloud.correct_depth_ball_plane(scene.render(v, 0)[1], scene.intrinsics[v])
+                    for v in range(3)]).astype(np.float16)
+  got = render_host.unproject_planar(depth, scene.intrinsics[:3], scene.extrinsics[:3])
+  want = np.concatenate([pointcloud.unproject_depth(depth[v], scene.intrinsics[v], scene.extrinsics[v])
+                         for v in range(3)])
+  np.testing.assert_allclose(got.T, want, atol=2e-5 * np.abs(want).max())

@@ -155,6 +155,26 @@ def test_pointcloud_source_matches_tfds_source(kubric_tfds, kubric_root, tmp_pat
   assert diff.mean() < 0.02, diff.mean()
 
 
+@pytest.mark.parametrize('source', ['tfds', 'pointcloud'])
+def test_host_and_jax_renderers_make_the_same_examples(kubric_tfds, kubric_root, tmp_path, source):  # noqa: F811
+  """cfg.renderer 'host' (render_host, the default) and 'jax' (jitted render) on both sources: RGB-D
+  records (unprojected by each) and the float16 point-cloud store."""
+  kw = {}
+  if source == 'pointcloud':
+    for i in range(3):
+      pointcloud_store.build_scene_store(kubric4d.KubricScene(kubric_root, i), str(tmp_path))
+    kw = {'source': 'pointcloud', 'pcl_root': str(tmp_path)}
+  host, jax_ = (input_pipeline.make_dataset(tiny_cfg(kubric_tfds, seed=3, renderer=r, **kw))[1]
+                for r in ('host', 'jax'))
+  assert host.keys() == jax_.keys()
+  for k in host:
+    if host[k].dtype.kind == 'f':  # float32 rounding (unprojection, projection) × the soft z-buffer slope
+      np.testing.assert_allclose(host[k], jax_[k], atol=3e-5, err_msg=k)
+    else:
+      np.testing.assert_array_equal(host[k], jax_[k], err_msg=k)
+  assert host['jpg'].std() > 0.05
+
+
 def test_worker_processes_match_in_process(kubric_tfds):
   cfg = tiny_cfg(kubric_tfds, seed=2)
   expected = _take(input_pipeline.make_iterator(cfg), 2)
@@ -244,7 +264,7 @@ def test_pardom_semantic_target(pardom_tfds):
     # It is the §4.8 render of the clip's clouds coloured by class (not a re-colouring of the RGB render).
     src = input_pipeline.TfdsSceneSource(data_dir, 'pardom_4d', 'tiny', 'train')
     pos = [p for p in range(len(src)) if src.scene(p)[0] == int(ex['scene_idx'][0])][0]
-    data = src.load_clip(pos, ex['clip_frames'][0])
+    data = src.load_clip(pos, ex['clip_frames'][0], with_segm=True)
     colors = input_pipeline.semantic_point_colors(dict(data, semantic_palette=palette))
     xyz, _ = input_pipeline.clip_points(data)
     cfg = tiny_cfg(data_dir, **kw)
@@ -285,7 +305,7 @@ def test_pardom_semantic_pointcloud_store(pardom_tfds, tmp_path):
   tfds_src = input_pipeline.TfdsSceneSource(data_dir, 'pardom_4d', 'tiny', 'train')
   np.testing.assert_array_equal(store_src.semantic_palette, tfds_src.semantic_palette)
   frames = [0, 2, 4, 5]
-  a, b = store_src.load_clip(0, frames), tfds_src.load_clip(0, frames)
+  a, b = store_src.load_clip(0, frames, with_segm=True), tfds_src.load_clip(0, frames, with_segm=True)
   a['semantic_palette'] = b['semantic_palette'] = tfds_src.semantic_palette
   np.testing.assert_array_equal(input_pipeline.semantic_point_colors(a), input_pipeline.semantic_point_colors(b))
   assert set(np.unique(a['segm'])) == {0, 1, 2}

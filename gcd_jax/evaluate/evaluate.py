@@ -456,7 +456,7 @@ class ExampleBuilder:
     if missing:
       raise EvaluationError(f'{scene}: control frames {missing} not available (scene has frames '
                             f'{min(avail)}..{max(avail)})')
-    data = self.source.load_clip(pos, clip_frames)
+    data = self.source.load_clip(pos, clip_frames, with_segm=self.semantic)
     xyz, rgb = self.ip.clip_points(data)
     if self.semantic:
       # Semantic models (PD, output_modality segm, §3): the GT is the cloud rendered with the ontology
