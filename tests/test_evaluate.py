@@ -221,16 +221,25 @@ def test_sample_video_folder_and_bad_inputs(tiny_checkpoint, tmp_path, capsys): 
   assert not os.path.exists(bad)
 
 
-def test_pardom_example_builder(tmp_path):
-  """ParallelDomain test examples: PD control format, real yaw-0 input, top-down GT, reproject from yaw-0."""
-  from data_pipelines import input_pipeline, splits, tfds_builders
-  from gcd_jax.geometry import trajectory
+@pytest.fixture(scope='module')
+def pardom_eval_tfds(tmp_path_factory):
+  """A PD-4D layout copy (scenes 1 train, 3 test; fixture ontology) and its TFDS build → (raw, data_dir)."""
+  from data_pipelines import splits, tfds_builders
   from tests.fixtures_data import write_pardom_fixture
+  tmp_path = tmp_path_factory.mktemp('pd_eval')
   raw, data_dir = str(tmp_path / 'pd'), str(tmp_path / 'tfds')
   for i in (1, 3):
     write_pardom_fixture(raw, i, num_frames=10, height=24, width=32)
   splits.write_pardom_split(os.path.join(raw, 'pardom_datasplit.json'), ['scene_000001'], [], ['scene_000003'])
   tfds_builders.build('pardom_4d', data_dir=data_dir, config='tiny', manual_dir=raw)
+  return raw, data_dir
+
+
+def test_pardom_example_builder(pardom_eval_tfds):
+  """ParallelDomain test examples: PD control format, real yaw-0 input, top-down GT, reproject from yaw-0."""
+  from data_pipelines import input_pipeline
+  from gcd_jax.geometry import trajectory
+  _, data_dir = pardom_eval_tfds
   cfg = input_pipeline.data_config(f'tiny,dataset=pardom_4d,builder_config=tiny,data_dir={data_dir},split=test,'
                                    'height=16,width=24,render_height=28,render_width=42,trajectory=pardom_gradual')
   traj = trajectory.trajectory_config('pardom_gradual')
@@ -249,18 +258,13 @@ def test_pardom_example_builder(tmp_path):
   assert 0.0 < occ < 1.0  # the yaw-0 view alone leaves holes in the top-down view
 
 
-def test_pardom_semantic_example_builder_and_miou(tmp_path):
+def test_pardom_semantic_example_builder_and_miou(pardom_eval_tfds):
   """Semantic PD checkpoints: GT = cloud rendered with ontology colours (as training), input still RGB;
   mIoU of the GT against itself is 1 and against the RGB render is lower."""
-  from data_pipelines import input_pipeline, splits, tfds_builders
+  from data_pipelines import input_pipeline
   from gcd_jax.evaluate import metrics
   from gcd_jax.geometry import trajectory
-  from tests.fixtures_data import write_pardom_fixture
-  raw, data_dir = str(tmp_path / 'pd'), str(tmp_path / 'tfds')
-  for i in (1, 3):
-    write_pardom_fixture(raw, i, num_frames=10, height=24, width=32)
-  splits.write_pardom_split(os.path.join(raw, 'pardom_datasplit.json'), ['scene_000001'], [], ['scene_000003'])
-  tfds_builders.build('pardom_4d', data_dir=data_dir, config='tiny', manual_dir=raw)
+  raw, data_dir = pardom_eval_tfds
   cfg = input_pipeline.data_config(f'tiny,dataset=pardom_4d,builder_config=tiny,data_dir={data_dir},split=test,'
                                    'height=16,width=24,render_height=28,render_width=42,trajectory=pardom_gradual,'
                                    'output_modality=semantic')
