@@ -20,18 +20,10 @@ import os
 import sys
 import time
 
-if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
-os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
 GiB = 2 ** 30
 
 
-def main() -> int:
+def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--config', default='configs/gcd.py:data=kubric,traj=gradual,az=90')
   p.add_argument('--features', default='in_step', choices=('in_step', 'precomputed'))
@@ -42,8 +34,39 @@ def main() -> int:
   p.add_argument('--frames', type=int, default=14)
   p.add_argument('--height', type=int, default=256)
   p.add_argument('--width', type=int, default=384)
+  p.add_argument('--xla-cpu-remat', default='keep', choices=('keep', 'cse'),
+                 help="keep: XLA:CPU keeps jax.checkpoint's optimization barriers to the end, as the TPU "
+                      "compiler does (--xla_disable_hlo_passes=cse_barrier_expander); cse: the stock XLA:CPU "
+                      'pipeline, whose late CSE merges every recomputation back into the forward values '
+                      '(remat silently undone)')
+  p.add_argument('--dump', default=None, help='XLA dump folder; prints the buffers live at the peak')
+  p.add_argument('--top', type=int, default=25, help='with --dump: how many peak buffers to print')
   p.add_argument('--budget-gib', type=float, default=16.0, help='per-device HBM (TPU v5e: 16)')
-  args = p.parse_args()
+  return p.parse_args(argv)
+
+
+def xla_flags(args: argparse.Namespace, flags: str) -> str:
+  """XLA_FLAGS for this bench (XLA reads them once, at backend start: set before `import jax`)."""
+  extra = []
+  if 'xla_force_host_platform_device_count' not in flags:
+    extra.append(f'--xla_force_host_platform_device_count={max(args.devices, 8)}')
+  if args.xla_cpu_remat == 'keep' and 'cse_barrier_expander' not in flags:
+    # XLA:CPU expands (deletes) optimization barriers and then runs CSE again, which merges each block's
+    # backward-pass recomputation with its forward twin: every activation of the network stays live and
+    # remat saves nothing (46.4 GiB/device at the default config). XLA:TPU keeps the barriers.
+    extra.append('--xla_disable_hlo_passes=cse_barrier_expander')
+  if args.dump:
+    extra += [f'--xla_dump_to={args.dump}', '--xla_dump_hlo_as_text', '--xla_dump_hlo_module_re=.*step_fn.*']
+  return ' '.join([flags] + extra).strip()
+
+
+def main() -> int:
+  args = parse_args()
+  os.environ['XLA_FLAGS'] = xla_flags(args, os.environ.get('XLA_FLAGS', ''))
+  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
 
   from gcd_jax.train import config_flags, sharding as sh, train_step as ts  # pylint: disable=g-import-not-at-top
   from gcd_jax.train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
@@ -88,14 +111,37 @@ def main() -> int:
   mem = metrics_lib.compiled_memory(compiled)
   flops = metrics_lib.compiled_flops(compiled)
   state_bytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(abstract_state))
-  out = dict(config=args.config, features=args.features, remat=args.remat, dtype=args.dtype, devices=len(devices),
-             global_batch=b, frames=t, height=h, width=w, trainable_params=n_params,
+  out = dict(config=args.config, features=args.features, remat=args.remat, dtype=args.dtype,
+             xla_cpu_remat=args.xla_cpu_remat, devices=len(devices), global_batch=b, frames=t, height=h, width=w, trainable_params=n_params,
              train_state_gib_total=state_bytes / GiB, lower_s=round(t_lower, 1), compile_s=round(t_compile, 1),
              per_device_gib={k.replace('_in_bytes', '').replace('_bytes', ''): round(v / GiB, 3) for k, v in mem.items()},
              flops_per_step_per_device=flops, tflops_per_step_global=flops * len(devices) / 1e12)
   out['fits_budget'] = mem['peak_estimate_bytes'] / GiB <= args.budget_gib
   print(json.dumps(out, indent=1), flush=True)
+  if args.dump:
+    print_peak_buffers(args.dump, args.top)
   return 0
+
+
+def print_peak_buffers(dump_dir: str, top: int) -> None:
+  """The largest buffers live at XLA's peak (from the `*-live-range.txt` the dump writes) and the
+  per-op stack breakdown, so a memory figure can be traced to the ops that make it."""
+  import glob  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  files = sorted(glob.glob(os.path.join(dump_dir, '*step_fn*after_optimizations-live-range.txt')),
+                 key=os.path.getmtime)
+  if not files:
+    print(f'no *-live-range.txt under {dump_dir}', flush=True)
+    return
+  text = open(files[-1]).read()
+  peak = text.split('Live ranges at', 1)[-1]
+  rows = re.findall(r'^\s+(\S+): (\d+) bytes', peak.split('Stack trace breakdown', 1)[0], re.M)
+  rows = sorted(((int(b), n) for n, b in rows), reverse=True)
+  print(f'peak buffers ({len(rows)} live, {sum(b for b, _ in rows) / GiB:.2f} GiB), largest {top}:')
+  for b, n in rows[:top]:
+    print(f'  {b / GiB:8.3f} GiB  {n}')
+  stack = peak.split('Stack trace breakdown', 1)[-1].splitlines()
+  print('\n'.join(stack[:60]), flush=True)
 
 
 if __name__ == '__main__':
