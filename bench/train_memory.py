@@ -21,7 +21,8 @@ peak = argument + output − alias + temp; the state is donated, so output is fu
                                     precomputed arg 2.14  temp 44.30  peak 46.44   23.5
   barriers kept, nnx.remat          in_step     arg 2.50  temp 12.76  peak 15.25
                                     precomputed arg 2.14  temp  8.57  peak 10.71
-  barriers kept, ordered_checkpoint in_step     arg 2.50  temp  7.56  peak 10.05   (default; see the report)
+  barriers kept, ordered_checkpoint in_step     arg 2.50  temp  7.56  peak 10.05   (the default now)
+                                    precomputed arg 2.14  temp  7.56  peak  9.70
 
 What the 46 GiB was: NOT activations of a missing remat policy nor unsharded state (params + Adam are
 2.14 GiB/device, 1/8 of 17.06 GiB; frozen VAE+CLIP and the batch add 0.36 GiB, sharded too), but XLA:CPU
