@@ -21,7 +21,7 @@ peak = argument + output − alias + temp; the state is donated, so output is fu
                                     precomputed arg 2.14  temp 44.30  peak 46.44   23.5
   barriers kept, nnx.remat          in_step     arg 2.50  temp 12.76  peak 15.25
                                     precomputed arg 2.14  temp  8.57  peak 10.71
-  barriers kept, ordered_checkpoint in_step     arg 2.50  temp  7.56  peak 10.05   (the default now)
+  barriers kept, ordered_checkpoint in_step     arg 2.50  temp  7.56  peak 10.05   39.7 (the default now)
                                     precomputed arg 2.14  temp  7.56  peak  9.70
 
 What the 46 GiB was: NOT activations of a missing remat policy nor unsharded state (params + Adam are
@@ -43,6 +43,8 @@ XLA:CPU's YNN dot fusion materialises (CPU only), ~2.7 GiB of full-size f32 weig
 blocks waiting for their reduce-scatter, and gathered weights held in f32 because XLA:CPU upcasts bf16
 convs/dots to f32 (TPU gathers and computes them in bf16, half the bytes). The scheduler choice
 --xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED was worse (precomputed 13.3 vs 10.7 GiB).
+cost_analysis() gives the same 39.7 TFLOP with and without the merged recomputation: it evidently counts
+the program before XLA:CPU's late CSE, so the FLOPs include the remat recompute either way.
 """
 
 from __future__ import annotations
