@@ -170,4 +170,35 @@ def remat_call(remat: str, fn_or_module, *args, method: bool = False):
     return fn(module, *arrays)
   if remat not in REMAT_POLICIES:
     raise ValueError(f"remat={remat!r}; use 'none', 'full' or 'dots'")
-  return nnx.remat(fn, policy=REMAT_POLICIES[remat])(module, *arrays)
+  graphdef, state = nnx.split(module)
+  pure = lambda st, *a: fn(nnx.merge(graphdef, st), *a)  # noqa: E731
+  return ordered_checkpoint(pure, REMAT_POLICIES[remat])(state, *arrays)
+
+
+def ordered_checkpoint(f, policy=None):
+  """`jax.checkpoint(f, policy)` whose forward and backward are pinned to the data flow.
+
+  Same values, same saved residuals; two optimisation barriers only constrain WHEN things run:
+  * forward: the block's parameters pass a barrier together with its input activations, so their FSDP
+    all-gathers cannot be scheduled before the block is reached (XLA's schedulers otherwise hoist the
+    gathers of far-away blocks, keeping most of the network's gathered weights live at once);
+  * backward: the residuals pass a barrier together with the incoming cotangent, so the recomputation
+    (and its weight all-gathers) of a block cannot start before the backward pass gets there.
+  Without differentiation (frozen encoders, sampling) only the forward barrier applies.
+  """
+  checkpointed = jax.checkpoint(f, policy=policy)
+
+  @jax.custom_vjp
+  def call(*args):
+    return f(*jax.lax.optimization_barrier(args))
+
+  def fwd(*args):
+    args = jax.lax.optimization_barrier(args)
+    return jax.vjp(checkpointed, *args)
+
+  def bwd(vjp_fn, ct):
+    vjp_fn, ct = jax.lax.optimization_barrier((vjp_fn, ct))
+    return vjp_fn(ct)
+
+  call.defvjp(fwd, bwd)
+  return call
