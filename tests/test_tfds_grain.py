@@ -242,7 +242,7 @@ FIXTURE_PALETTE = np.array([(10, 20, 30), (128, 64, 128), (220, 20, 60)], np.flo
 def test_pardom_semantic_target(pardom_tfds):
   """output_modality=semantic (reference `segm`): same clip and RGB input, target = palette[class id] rendered."""
   from gcd_jax.diffusion import config as diff_config, loss as loss_lib  # pylint: disable=g-import-not-at-top
-  raw, data_dir = pardom_tfds
+  _, data_dir = pardom_tfds
   builder = tfds_builders.get_builder('pardom_4d', data_dir=data_dir, config='tiny')
   palette = tfds_builders.semantic_palette(builder)
   np.testing.assert_array_equal(palette[:3], FIXTURE_PALETTE * 255)
@@ -281,7 +281,7 @@ def test_pardom_semantic_target(pardom_tfds):
 
 
 def test_pardom_semantic_modal_time_and_errors(pardom_tfds, kubric_tfds):
-  raw, data_dir = pardom_tfds
+  _, data_dir = pardom_tfds
   kw = dict(dataset='pardom_4d', trajectory='pardom_gradual', batch_size=1)
   rgb = input_pipeline.make_dataset(tiny_cfg(data_dir, **kw))[0]['jpg'][0]
   sem = input_pipeline.make_dataset(tiny_cfg(data_dir, output_modality='semantic', **kw))[0]['jpg'][0]
