@@ -44,11 +44,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import types
 
 from array_record.python import array_record_module
 import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import file_adapters
+from tensorflow_datasets.core import shuffle as tfds_shuffle
 
 from data_pipelines import kubric4d, pardom4d, splits
 from data_pipelines.pointcloud_store import MAX_DEPTH
@@ -77,10 +79,25 @@ def _uncompressed_array_records():
     writer.close()
 
   adapter.write_examples = classmethod(write_examples)
+  old_tf = tfds_shuffle.tf
+  tfds_shuffle.tf = _SHUFFLE_FILE_IO  # splits over 1 GB spill to disk without TensorFlow (see below)
   try:
     yield
   finally:
     adapter.write_examples = original
+    tfds_shuffle.tf = old_tf
+
+
+class _ResourceExhaustedError(OSError):
+  pass
+
+
+# TFDS's shuffler keeps a split in memory up to 1 GB, then spills buckets to temporary files through
+# `tf.io.gfile` (tensorflow_datasets/core/shuffle.py: `_Bucket.add`, `read_values`, `del_file`), the one
+# place where a TF-free build still needs TensorFlow. These are local files: plain Python I/O does the same.
+_SHUFFLE_FILE_IO = types.SimpleNamespace(
+    io=types.SimpleNamespace(gfile=types.SimpleNamespace(GFile=open, exists=os.path.exists, remove=os.remove)),
+    errors=types.SimpleNamespace(ResourceExhaustedError=_ResourceExhaustedError))
 
 
 def record_id(scene_idx: int, frame: int) -> int:
@@ -274,6 +291,9 @@ class Procedural4dConfig(tfds.core.BuilderConfig):
   preset: str = 'small'  # gcd_jax.geometry.procedural preset name (tiny 64×96 / small / kubric 576×384)
   seed: int = 0
   overrides: tuple = ()  # extra (key, value) pairs applied to the generator config
+  # Cap on generated/listed train scenes; val/test stay the full config's (same indices, same seeds), so a
+  # capped build evaluates on exactly the held-out scenes of the uncapped one (`demo_eval` vs `demo`).
+  max_train_scenes: int | None = None
 
 
 class Procedural4d(_SceneFramesBuilder):
@@ -284,6 +304,12 @@ class Procedural4d(_SceneFramesBuilder):
 
   BUILDER_CONFIGS = [
       Procedural4dConfig(name='tiny', description='6 scenes at 64×96 (tests, demo).', num_scenes=6, preset='tiny'),
+      # The demo model's data (configs/demo.py): 300 scenes at 64×96, 12 frames; splits 280 / 10 / 10.
+      Procedural4dConfig(name='demo', description='300 scenes at 64×96 (the demo model).', num_scenes=300,
+                         preset='tiny'),
+      # `gcd-jax demo` on a fresh machine: demo's 10 test scenes (identical) and its first 16 train scenes.
+      Procedural4dConfig(name='demo_eval', description="demo's test/val scenes and 16 of its train scenes.",
+                         num_scenes=300, preset='tiny', max_train_scenes=16),
       Procedural4dConfig(name='small', description='120 scenes at 256×384.', num_scenes=120, preset='small'),
       Procedural4dConfig(name='full', description='3000 scenes at Kubric resolution 576×384.',
                          num_scenes=3000, preset='kubric'),
@@ -298,12 +324,18 @@ class Procedural4d(_SceneFramesBuilder):
     # and then read back by the same reader as real Kubric-4D: the layout is tested end to end.
     self._root = self._manual_dir or os.path.join(os.fspath(dl_manager.download_dir), 'procedural_4d',
                                                   self.builder_config.name)
-    generate_scenes(self._root, range(self._num_scenes), preset=self.builder_config.preset,
+    wanted = sorted({i for split in self._split_names() for i in self._scene_indices(split)})
+    generate_scenes(self._root, wanted, preset=self.builder_config.preset,
                     seed=self.builder_config.seed, overrides=dict(self.builder_config.overrides))
     return super()._split_generators(dl_manager)
 
+  def _scene_indices(self, split) -> list[int]:
+    indices = splits.procedural_split(split, self._num_scenes)
+    cap = self.builder_config.max_train_scenes
+    return indices[:cap] if split == 'train' and cap is not None else indices
+
   def _scenes(self, split):
-    return [kubric4d.KubricScene(self._root, i) for i in splits.procedural_split(split, self._num_scenes)]
+    return [kubric4d.KubricScene(self._root, i) for i in self._scene_indices(split)]
 
 
 def generate_scenes(root: str, scene_indices, *, preset: str = 'tiny', seed: int = 0, overrides=None):

@@ -3,6 +3,12 @@
 import os
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# One persistent compilation cache for the whole suite (both xdist workers and every subprocess the tests
+# start): a program compiled once (the tiny train step, the sampler) is loaded by the next process that needs
+# it, and a developer's rerun skips most compiles. Override with JAX_COMPILATION_CACHE_DIR.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.pytest_jax_cache'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 # Must be set before jax initialises its backend: sharding tests need an 8-device mesh on one CPU.
 if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +

@@ -30,7 +30,7 @@ def subprocess_env(devices: int, cache_dir: str) -> dict:
   flags = [f for f in env.get('XLA_FLAGS', '').split() if 'xla_force_host_platform_device_count' not in f]
   env['XLA_FLAGS'] = ' '.join(flags + [f'--xla_force_host_platform_device_count={devices}'])
   env['JAX_PLATFORMS'] = 'cpu'
-  env['JAX_COMPILATION_CACHE_DIR'] = cache_dir
+  env['JAX_COMPILATION_CACHE_DIR'] = os.environ.get('JAX_COMPILATION_CACHE_DIR', cache_dir)  # the suite's (conftest)
   env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
   env['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
   env['PYTHONPATH'] = REPO + os.pathsep + env.get('PYTHONPATH', '')

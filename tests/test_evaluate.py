@@ -286,3 +286,22 @@ def test_pardom_semantic_example_builder_and_miou(pardom_eval_tfds):
   wrong = ev.scene_metrics(rgb['gt01'][None], sem['gt01'], sem['reproject01'], palette=palette, ignore_index=ignore)
   assert float(perfect['miou_video'][0]) == 1.0
   assert float(wrong['miou_video'][0]) < 0.9
+
+
+def test_sampling_memory_check_refuses_before_compiling_and_suggests_a_size():
+  """The 384×256 default on the tiny model asked XLA for ~87 GB (spatial attention over 192×128 latent tokens):
+  refused up front, with the estimate and a size that fits; the tiny model's own size passes."""
+  import re  # pylint: disable=g-import-not-at-top
+  from configs import models  # pylint: disable=g-import-not-at-top
+  from gcd_jax.evaluate import inference  # pylint: disable=g-import-not-at-top
+  cfg = models.get_config('tiny')
+  need = inference.sampling_memory_bytes(cfg, num_frames=3, width=384, height=256)
+  assert 80e9 < need < 100e9, need
+  with pytest.raises(inference.InputError, match=r'needs about 8\d\.\d GiB') as e:
+    inference.check_fits(cfg, num_frames=3, width=384, height=256, multiple=4, available=8 << 30)
+  w, h = map(int, re.search(r'--frame-width (\d+) --frame-height (\d+)', str(e.value)).groups())
+  assert w % 4 == 0 and h % 4 == 0 and w < 384
+  inference.check_fits(cfg, num_frames=3, width=w, height=h, multiple=4, available=8 << 30)
+  inference.check_fits(cfg, num_frames=3, width=48, height=32, multiple=4, available=8 << 30)
+  assert inference.default_frame_size(cfg, None) == (48, 32)
+  assert inference.default_frame_size(models.get_config('gcd'), None) == (384, 256)

@@ -37,7 +37,8 @@ def _initial(config):
   tx, _ = ts.make_optimizer(config.optim)
   _, specs = ts.state_specs(config, layouts['network'], tx, mesh)
   fspecs = ts.frozen_specs(config, {k: v for k, v in layouts.items() if k != 'network'}, mesh)
-  params, frozen = trainer.initial_weights(config, builders, layouts, fspecs, specs['params'], mesh, log=lambda *_: None)
+  params, frozen = trainer.initial_weights(config, builders, layouts, fspecs, specs['params'], mesh,
+                                           trainer.weight_sources(config, '', layouts), log=lambda *_: None)
   return params, frozen, specs, mesh
 
 

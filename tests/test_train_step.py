@@ -57,7 +57,8 @@ def trained(tmp_path_factory, tiny_checkpoint):  # noqa: F811
   tx, schedule = ts.make_optimizer(cfg.optim)
   abstract, specs = ts.state_specs(cfg, net_layout, tx, mesh)
   fspecs = ts.frozen_specs(cfg, frozen_layouts, mesh)
-  params, frozen = trainer.initial_weights(cfg, builders, layouts, fspecs, specs['params'], mesh)
+  params, frozen = trainer.initial_weights(cfg, builders, layouts, fspecs, specs['params'], mesh,
+                                           trainer.weight_sources(cfg, '', layouts))
   state = ts.initial_state(cfg, net_layout, params, tx, specs, mesh, cfg.seed)
   ex = input_lib.SyntheticExample(0, 3, 32, 48)
   batch = {k: np.stack([ex(i)[k] for i in range(8)]) for k in input_lib.TRAIN_KEYS}

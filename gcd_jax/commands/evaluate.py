@@ -7,6 +7,8 @@ r"""`gcd-jax evaluate`: batch sampling evaluation over a test split (see gcd_jax
   # no download: the procedural dataset, built-in seeded controls, the tiny model
   gcd-jax evaluate --config tiny --checkpoint ckpt/tiny --data tiny --data-dir /tmp/tfds \
       --num-samples 2 --steps 3 --out runs/eval_tiny
+  # a training workdir: its latest step, EMA weights, its own data and trajectory config
+  gcd-jax evaluate --checkpoint W --data-dir D --out runs/eval_W
 """
 
 from __future__ import annotations
@@ -16,10 +18,16 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument('--config', required=True,
+  parser.add_argument('--config', default='',
                       help="model config: a preset ('gcd', 'tiny', 'configs/models.py:gcd,dtype=bfloat16') or a "
-                           "training config file with .model/.data ('configs/gcd.py:data=kubric')")
-  parser.add_argument('--checkpoint', required=True, help='gcd-jax model checkpoint folder (gcd-jax convert / train)')
+                           "training config file with .model/.data ('configs/gcd.py:data=kubric'); default: the "
+                           "configs stored with the checkpoint")
+  parser.add_argument('--checkpoint', required=True,
+                      help='gcd-jax model checkpoint folder (gcd-jax convert / train --export) or a training workdir')
+  parser.add_argument('--step', type=int, default=None,
+                      help='training workdir: checkpoint step to evaluate (default: the latest)')
+  parser.add_argument('--weights', choices=('auto', 'ema', 'raw'), default='auto',
+                      help='training workdir: EMA or raw weights (default auto: EMA when the run keeps one)')
   parser.add_argument('--data', default='',
                       help="data preset of data_pipelines.input_pipeline.data_config ('kubric', 'pardom', "
                            "'procedural', 'tiny', with ',key=value' overrides); default: the training config's "
@@ -59,7 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
   from gcd_jax.evaluate import evaluate as ev  # pylint: disable=g-import-not-at-top
+  from gcd_jax.train import workdir  # pylint: disable=g-import-not-at-top
   try:
+    args.checkpoint = workdir.resolve_model(args.checkpoint, step=args.step, weights=args.weights)
     summary = ev.evaluate_from_args(args)
   except ev.EXPECTED_ERRORS as e:
     print(f'gcd-jax evaluate: error: {e}', file=sys.stderr)

@@ -13,7 +13,12 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument('ckpt', help='checkpoint folder written by `gcd-jax convert` (or training)')
+  parser.add_argument('ckpt', help='checkpoint folder written by `gcd-jax convert` / `train --export`, or a '
+                                   'training workdir (see --step, --weights)')
+  parser.add_argument('--step', type=int, default=None,
+                      help='training workdir: checkpoint step to export (default: the latest)')
+  parser.add_argument('--weights', choices=('auto', 'ema', 'raw'), default='auto',
+                      help='training workdir: EMA or raw weights (default auto: EMA when the run keeps one)')
   parser.add_argument('--to', required=True, choices=('sgm', 'diffusers'), help='output format')
   parser.add_argument('--out', required=True,
                       help='output: a .safetensors file (sgm) or a folder (diffusers); must not exist')
@@ -26,7 +31,9 @@ def run(args: argparse.Namespace) -> int:
   from gcd_jax.convert import export  # pylint: disable=g-import-not-at-top
   from gcd_jax.convert.checkpoint_io import CheckpointError  # pylint: disable=g-import-not-at-top
   from gcd_jax.convert.torch_layout import WeightLoadError  # pylint: disable=g-import-not-at-top
+  from gcd_jax.train import workdir  # pylint: disable=g-import-not-at-top
   try:
+    args.ckpt = workdir.resolve_model(args.ckpt, step=args.step, weights=args.weights)
     info = export.export_checkpoint(args.ckpt, args.to, args.out, dtype=args.dtype,
                                     progress=not args.no_progress)
   except (CheckpointError, WeightLoadError, FileExistsError, FileNotFoundError, ValueError) as e:

@@ -1,7 +1,12 @@
 r"""`gcd-jax sample`: new camera views of your own video, image folder or image (the reference's infer.py).
 
-  gcd-jax sample --checkpoint ckpt/gcd_kubric --config gcd --input clip.mp4 \
+  gcd-jax sample --checkpoint ckpt/gcd_kubric --input clip.mp4 \
       --azimuth 30 --elevation 15 --radius 0 --gradual --out out/clip
+  gcd-jax sample --checkpoint W --input clip.mp4 --azimuth 60 --out out/clip     # a training workdir
+
+--checkpoint is a model folder (`gcd-jax convert`, `train --export`) or a training workdir (latest step, EMA
+weights when the run keeps them; --step / --weights choose). Frame size, frame count and trajectory default
+to the checkpoint's training config.
 
 Outputs in --out: input.mp4, sample_{k}.mp4, side_by_side.mp4, trajectory.png, info.json.
 """
@@ -13,7 +18,12 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument('--checkpoint', required=True, help='gcd-jax model checkpoint folder')
+  parser.add_argument('--checkpoint', required=True,
+                      help='gcd-jax model checkpoint folder, or a training workdir (see --step, --weights)')
+  parser.add_argument('--step', type=int, default=None,
+                      help='training workdir: checkpoint step to sample (default: the latest)')
+  parser.add_argument('--weights', choices=('auto', 'ema', 'raw'), default='auto',
+                      help='training workdir: EMA or raw weights (default auto: EMA when the run keeps one)')
   parser.add_argument('--config', default='',
                       help="model config (preset or config file); default: the one stored with the checkpoint")
   parser.add_argument('--input', required=True, help='video file, folder of frames, or one image (a still)')
@@ -25,14 +35,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   motion.add_argument('--gradual', dest='gradual', action='store_true', default=True,
                       help='camera moves over the clip (move_time T−1; default)')
   motion.add_argument('--direct', dest='gradual', action='store_false', help='every frame at the target pose')
-  parser.add_argument('--trajectory', default='kubric_gradual_max90',
-                      help='training trajectory preset: Δ ranges for the motion bucket, interpolation kind')
-  parser.add_argument('--num-frames', type=int, default=0, help='frames per clip (default: the model config, 14)')
+  parser.add_argument('--trajectory', default='',
+                      help="training trajectory preset: Δ ranges for the motion bucket, interpolation kind (default: "
+                           "the checkpoint's training data, else kubric_gradual_max90)")
+  parser.add_argument('--num-frames', type=int, default=0,
+                      help="frames per clip (default: the checkpoint's model config; 14 for SVD/GCD)")
   parser.add_argument('--frame-start', type=int, default=0)
   parser.add_argument('--frame-stride', type=int, default=2)
   parser.add_argument('--frame-rate', type=int, default=12, help='FPS after subsampling (= fps_id)')
-  parser.add_argument('--frame-width', type=int, default=384)
-  parser.add_argument('--frame-height', type=int, default=256)
+  parser.add_argument('--frame-width', type=int, default=0,
+                      help="model input width (default: the checkpoint's training size; 384 for SVD/GCD)")
+  parser.add_argument('--frame-height', type=int, default=0,
+                      help="model input height (default: the checkpoint's training size; 256 for SVD/GCD)")
   parser.add_argument('--no-center-crop', dest='center_crop', action='store_false')
   parser.add_argument('--num-samples', type=int, default=2)
   parser.add_argument('--steps', type=int, default=25)
@@ -42,14 +56,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--force-custom-mbid', action='store_true',
                       help='use --motion-id even if the model synchronises it with the camera motion')
   parser.add_argument('--cond-aug', type=float, default=0.02)
-  parser.add_argument('--decoding-t', type=int, default=14)
+  parser.add_argument('--decoding-t', type=int, default=14, help='frames decoded together by the VAE (≤ frames)')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--no-progress', action='store_true')
 
 
 def run(args: argparse.Namespace) -> int:
   from gcd_jax.evaluate import inference  # pylint: disable=g-import-not-at-top
+  from gcd_jax.train import workdir  # pylint: disable=g-import-not-at-top
   try:
+    args.checkpoint = workdir.resolve_model(args.checkpoint, step=args.step, weights=args.weights)
     summary = inference.sample_from_args(args)
   except (ValueError, FileNotFoundError) as e:
     print(f'gcd-jax sample: error: {e}', file=sys.stderr)

@@ -22,7 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--coordinator', default='', help='HOST:PORT of process 0 (multi-host without auto-detect)')
   parser.add_argument('--num-processes', type=int, default=0)
   parser.add_argument('--process-id', type=int, default=-1)
-  parser.add_argument('--export', default='', help='after training, write the model in `gcd-jax convert` format here')
+  parser.add_argument('--export', default='',
+                      help='after training, write the model in `gcd-jax convert` format here (EMA weights when the '
+                           'run keeps them). `sample`, `evaluate` and `export` also take the workdir itself.')
   # --config.FIELD=VALUE (or --config.FIELD VALUE) overrides, ml_collections style, anywhere on the line.
   parser.set_defaults(overrides=[])
   # `--config.x=y` flags are unknown to argparse: collect them instead of failing (the CLI calls parse_args).
@@ -59,8 +61,9 @@ def run(args) -> int:
   from gcd_jax.train import trainer  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   result = trainer.train(config, args.workdir)
-  if args.export and result['status'] == 'done':
-    trainer.export_model(config, result, args.export)
+  if args.export and result['status'] == 'done' and jax.process_index() == 0:
+    out = trainer.export_model(config, args.workdir, result['step'], args.export)
+    print(f'[train] exported step {result["step"]} to {out}', flush=True)
   if jax.process_index() == 0:
     print(json.dumps(dict(status=result['status'], step=result['step'], **result['metrics'])), flush=True)
   return 143 if result['status'] == 'preempted' else 0

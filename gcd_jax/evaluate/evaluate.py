@@ -20,7 +20,8 @@ What happens (the reference's `scripts/test.py`, plus what it leaves out):
    reference does not seed; we do).
 5. Metrics per sample and frame (metrics.py; LPIPS / mIoU on request) → OUT/scenes/<scene>/metrics.json,
    written atomically; a scene with that file is finished and skipped on a rerun (resumable).
-6. Galleries OUT/scenes/<scene>/gallery.{mp4,gif}: input | sample 1..S | ground truth.
+6. Galleries OUT/scenes/<scene>/gallery.{mp4,gif}: input | sample 1..S | ground truth, and the videos
+   themselves as uint8 arrays in OUT/scenes/<scene>/videos.npz (input, samples, gt, reproject).
 7. Process 0 aggregates every finished scene: OUT/results.md, OUT/results.csv (mean ± std over scenes ×
    samples of each video's frame-mean; diversity over scenes), OUT/curves_{psnr,ssim}.png (per frame).
 
@@ -46,6 +47,13 @@ from gcd_jax.evaluate import controls as controls_lib
 from gcd_jax.evaluate import media
 
 FRAME_METRICS = ('psnr', 'ssim', 'psnr_vis', 'ssim_vis', 'psnr_occ', 'ssim_occ', 'lpips', 'miou')
+# Baselines scored against the same ground truth, one "sample" per scene (docs/evaluation.md):
+#   copy      the input video itself (what a model that ignores the camera would output);
+#   meanframe the per-pixel temporal mean of the input video, at every frame;
+#   reproject the input view's points rendered at the target camera (gcd_spec §4.8 item 8's test-time
+#             "reproject" video): geometry from the GT depth, so an upper reference, not a competitor.
+BASELINES = ('copy', 'meanframe', 'reproject')
+BASELINE_METRICS = tuple(f'{m}_{b}' for b in BASELINES for m in ('psnr', 'ssim'))
 SCENE_METRICS = ('diversity', 'diversity_vis', 'diversity_occ', 'occluded_fraction')
 RESULTS_VERSION = 1
 
@@ -160,13 +168,28 @@ def cond_noise(seed: int, scene_idx: int, shape) -> np.ndarray:
 # ------------------------------------------------------------------------------------ scene metrics
 
 
+def baseline_videos(input01: np.ndarray | None, reproject01: np.ndarray | None) -> dict:
+  """{name: [T, H, W, 3]} of the BASELINES that can be formed from the example."""
+  out = {}
+  if input01 is not None:
+    out['copy'] = np.asarray(input01, np.float32)
+    out['meanframe'] = np.broadcast_to(out['copy'].mean(0, keepdims=True), out['copy'].shape)
+  if reproject01 is not None:
+    out['reproject'] = np.asarray(reproject01, np.float32)
+  return out
+
+
 def scene_metrics(samples01: np.ndarray, gt01: np.ndarray, reproject01: np.ndarray | None, *,
-                  lpips_model=None, palette=None, ignore_index=None) -> dict:
-  """samples01 [S, T, H, W, 3], gt01 / reproject01 [T, H, W, 3] → per-frame arrays (see FRAME_METRICS)."""
+                  input01: np.ndarray | None = None, lpips_model=None, palette=None, ignore_index=None) -> dict:
+  """samples01 [S, T, H, W, 3], gt01 / reproject01 / input01 [T, H, W, 3] → per-frame arrays (FRAME_METRICS,
+  and BASELINE_METRICS [1, T] for the baselines that input01 / reproject01 allow)."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from gcd_jax.evaluate import metrics  # pylint: disable=g-import-not-at-top
   out = metrics.video_metrics(jnp.asarray(samples01), jnp.asarray(gt01),
                               None if reproject01 is None else jnp.asarray(reproject01))
+  for name, video in baseline_videos(input01, reproject01).items():
+    base = metrics.video_metrics(jnp.asarray(video)[None], jnp.asarray(gt01))
+    out[f'psnr_{name}'], out[f'ssim_{name}'] = np.asarray(base['psnr']), np.asarray(base['ssim'])
   s, t = samples01.shape[:2]
   if lpips_model is not None:
     flat = samples01.reshape((s * t,) + samples01.shape[2:])
@@ -202,6 +225,13 @@ def _mean_std(values) -> tuple[float, float, int]:
   return float(v.mean()), float(v.std()), int(v.size)
 
 
+def load_scene_videos(out_dir: str, scene: str) -> dict:
+  """The videos of a finished scene as uint8 arrays: input, gt [T, H, W, 3], samples [S, T, H, W, 3]
+  (+ reproject): OUT/scenes/<scene>/videos.npz."""
+  with np.load(os.path.join(scene_dir(out_dir, scene), 'videos.npz')) as f:
+    return {k: f[k] for k in f.files}
+
+
 def load_scene_results(out_dir: str) -> list[dict]:
   root = os.path.join(out_dir, 'scenes')
   results = []
@@ -218,7 +248,7 @@ def load_scene_results(out_dir: str) -> list[dict]:
 def aggregate(results: list[dict]) -> dict:
   """Scene results → {metric: {'mean', 'std', 'n', 'per_frame_mean', 'per_frame_std'}}."""
   table = {}
-  for m in FRAME_METRICS:
+  for m in FRAME_METRICS + BASELINE_METRICS:
     frames = [_nan(r['frame'][m]) for r in results if m in r.get('frame', {})]
     if not frames:
       continue
@@ -250,7 +280,22 @@ def aggregate(results: list[dict]) -> dict:
   return table
 
 
-UNITS = {'psnr': 'dB', 'psnr_vis': 'dB', 'psnr_occ': 'dB'}
+UNITS = {'psnr': 'dB', 'psnr_vis': 'dB', 'psnr_occ': 'dB', **{f'psnr_{b}': 'dB' for b in BASELINES}}
+
+
+def baseline_table(table: dict) -> list[str]:
+  """Markdown rows: the model's PSNR / SSIM beside each baseline's, and the model's margin over it."""
+  if 'psnr' not in table:
+    return []
+  rows = ['| video | PSNR (dB) | SSIM | model − it (dB) |', '|---|---|---|---|',
+          f'| **generated (model)** | {table["psnr"]["mean"]:.2f} | {table["ssim"]["mean"]:.3f} | |']
+  names = {'copy': 'copy the input video', 'meanframe': 'mean frame of the input',
+           'reproject': 'reprojection of the input view (upper reference: uses GT depth)'}
+  for b in BASELINES:
+    if f'psnr_{b}' in table:
+      p, q = table[f'psnr_{b}']['mean'], table[f'ssim_{b}']['mean']
+      rows.append(f'| {names[b]} | {p:.2f} | {q:.3f} | {table["psnr"]["mean"] - p:+.2f} |')
+  return rows
 
 
 def write_reports(out_dir: str, results: list[dict], settings: EvalSettings | None = None) -> dict:
@@ -270,7 +315,11 @@ def write_reports(out_dir: str, results: list[dict], settings: EvalSettings | No
     std = '' if not math.isfinite(v['std']) else f' ± {v["std"]:.4f}'
     md.append(f'| {m} | {v["mean"]:.4f}{std}{unit} | {v["n"]} |')
   md += ['', 'mean ± std over videos (scene × sample) of the per-video frame mean; diversity over scenes; '
-         'n = videos (scenes) with a finite value.', '']
+         'n = videos (scenes) with a finite value; `*_copy`, `*_meanframe`, `*_reproject`: the baselines, one '
+         'video per scene.', '']
+  base = baseline_table(table)
+  if base:
+    md += ['## Against baselines', ''] + base + ['']
   with open(os.path.join(out_dir, '.results.md.tmp'), 'w') as f:
     f.write('\n'.join(md))
   os.replace(os.path.join(out_dir, '.results.md.tmp'), os.path.join(out_dir, 'results.md'))
@@ -302,7 +351,13 @@ def write_scene(out_dir: str, scene: str, example: dict, samples01: np.ndarray, 
   frames = media.gallery_frames(cols)
   media.write_mp4(os.path.join(d, 'gallery.mp4'), frames, fps=fps)
   media.write_gif(os.path.join(d, 'gallery.gif'), frames, fps=fps)
-  frame = {k: frame_metrics[k] for k in FRAME_METRICS if k in frame_metrics}
+  videos = dict(input=example['input01'], samples=samples01, gt=example['gt01'])
+  if example.get('reproject01') is not None:
+    videos['reproject'] = example['reproject01']
+  tmp = os.path.join(d, '.videos.tmp.npz')
+  np.savez(tmp, **{k: media.to_uint8(v) for k, v in videos.items()})
+  os.replace(tmp, os.path.join(d, 'videos.npz'))
+  frame = {k: frame_metrics[k] for k in FRAME_METRICS + BASELINE_METRICS if k in frame_metrics}
   scene_level = {k: frame_metrics[k] for k in SCENE_METRICS if k in frame_metrics}
   video = {f'mean_{k}': _video_means(v) for k, v in frame.items()}
   if 'miou_video' in frame_metrics:
@@ -551,7 +606,10 @@ def evaluate_from_args(args) -> str:
   # ---- settings and every input check, before any model compute
   if args.num_samples < 1 or args.steps < 1:
     raise EvaluationError('--num-samples and --steps must be ≥ 1')
-  model_cfg, train_cfg = gen_lib.resolve_config(args.config)
+  if args.config:
+    model_cfg, train_cfg = gen_lib.resolve_config(args.config)
+  else:
+    model_cfg, train_cfg = gen_lib.config_from_checkpoint(args.checkpoint)
   gen_lib.check_checkpoint_matches(args.checkpoint, model_cfg)
   if args.decoding_t < 1:
     raise EvaluationError('--decoding-t must be ≥ 1')
@@ -625,7 +683,7 @@ def evaluate_from_args(args) -> str:
       return generator(examples, keys)
 
     def score(samples01, ex):
-      return scene_metrics(samples01, ex['gt01'], ex['reproject01'], lpips_model=lpips_model,
+      return scene_metrics(samples01, ex['gt01'], ex['reproject01'], input01=ex['input01'], lpips_model=lpips_model,
                            palette=palette, ignore_index=ignore)
 
     stats = run_loop(args.out, mine, builder, generate, settings, batch_size=batch_size, score=score,
@@ -639,4 +697,5 @@ def evaluate_from_args(args) -> str:
   for m in ('psnr', 'ssim', 'psnr_occ', 'lpips', 'miou_video'):
     if m in table:
       lines.append(f'  {m}: {table[m]["mean"]:.4f} ± {table[m]["std"]:.4f} (n={table[m]["n"]})')
+  lines += ['  ' + row for row in baseline_table(table)]
   return '\n'.join(lines)

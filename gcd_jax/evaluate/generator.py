@@ -71,6 +71,16 @@ def resolve_config(spec: str):
     raise ModelConfigError(str(e)) from e
 
 
+def config_from_checkpoint(ckpt_dir: str):
+  """(model config, training config or None) stored with a checkpoint: `train_config` is written by
+  `train --export` and by workdir exports (gcd_jax/train/workdir.py), absent from `gcd-jax convert` output."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from gcd_jax.convert import checkpoint_io  # pylint: disable=g-import-not-at-top
+  meta = checkpoint_io.read_metadata(ckpt_dir)
+  train = meta.get('train_config')
+  return checkpoint_io.config_from_dict(meta['model_config']), (ml_collections.ConfigDict(train) if train else None)
+
+
 def check_checkpoint_matches(ckpt_dir: str, model_cfg) -> dict:
   """Reads the checkpoint metadata and compares shape-deciding fields with model_cfg, before any compute."""
   from gcd_jax.convert import checkpoint_io  # pylint: disable=g-import-not-at-top
@@ -231,6 +241,8 @@ class VideoGenerator:
     diff_cfg.sampler.num_steps = int(steps)
     diff_cfg.guider.min_scale, diff_cfg.guider.max_scale = float(guidance[0]), float(guidance[1])
     diff_cfg.decode.chunk_size = int(decoding_t)
+    self._compiled = False
+    self._steps = int(steps)
     self._static = dict(graphdef=self._graphdef, cfg_json=model_cfg.to_json(sort_keys=True),
                         diff_json=diff_cfg.to_json(sort_keys=True))
 
@@ -250,6 +262,11 @@ class VideoGenerator:
     if self.progress and self.num_samples > 1:
       from tqdm import tqdm  # pylint: disable=g-import-not-at-top
       it = tqdm(it, desc='sampling', unit='sample', leave=False)
+    if not self._compiled:
+      t = batch['cond_frames'].shape[1]
+      print(f'[gcd-jax] compiling the sampler ({self.batch_size} video(s) × {t} frames, {self._steps} steps with '
+            'guidance, VAE decode); the persistent compilation cache reuses it on later runs', flush=True)
+      self._compiled = True
     for s in it:
       outs.append(np.asarray(_sample_jit(self._state, batch, jax.device_put(keys[:, s:s + 1], self._data),
                                          **self._static)))

@@ -51,8 +51,86 @@ class InputSpec:
 def check_resolution(width: int, height: int, multiple: int = 64) -> None:
   """SVD/GCD need multiples of 64 (VAE ×8 · U-Net ×8); smaller models (tiny) pass their own multiple."""
   if width <= 0 or height <= 0 or width % multiple or height % multiple:
+    fw, fh = max(multiple, round(width / multiple) * multiple), max(multiple, round(height / multiple) * multiple)
     raise InputError(f'frame size {width}×{height} is not a multiple of {multiple} (the VAE/U-Net need it); '
-                     'use e.g. --frame-width 384 --frame-height 256')
+                     f'use e.g. --frame-width {fw} --frame-height {fh}')
+
+
+def default_frame_size(model_cfg, train_cfg) -> tuple[int, int]:
+  """(width, height) the checkpoint was trained at: its training config's data size, else SVD's 384×256 for
+  the ×64 models and 48×32 for the small presets (their training size in configs/tiny.py)."""
+  if train_cfg is not None and 'data' in train_cfg:
+    return int(train_cfg.data.width), int(train_cfg.data.height)
+  from gcd_jax.evaluate.generator import required_multiple  # pylint: disable=g-import-not-at-top
+  return (384, 256) if required_multiple(model_cfg) >= 64 else (48, 32)
+
+
+def sampling_memory_bytes(model_cfg, *, num_frames: int, width: int, height: int, batch: int = 1,
+                          guidance: bool = True, decoding_t: int = 14) -> int:
+  """Upper estimate of the peak memory of one sampling call, before compiling anything.
+
+  What dominates at video sizes is the attention score matrices (softmax in float32): per U-Net level with
+  spatial attention, rows × heads × N² for N = tokens per frame; the temporal attention is small (T² per
+  pixel). Then the VAE decoder (mid-block attention over the latent tokens, and its widest activation at full
+  resolution). Counted: parameters, 3 live score-sized buffers (scores, softmax, its input), and 6 live copies
+  of the widest U-Net activation. XLA may fuse some of this away; it does not fuse away the scores.
+  """
+  import math  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  u, v = model_cfg.unet, model_cfg.vae
+  f_vae = 2 ** (len(v.block_out_channels) - 1)
+  h, w = height // f_vae, width // f_vae
+  rows = batch * num_frames * (2 if guidance else 1)
+  peak = 0
+  widest = 0
+  for level, mult in enumerate(u.channel_mult):
+    ds = 2 ** level
+    n = (h // ds) * (w // ds)
+    ch = u.model_channels * mult
+    widest = max(widest, rows * n * ch * 2 * 4)
+    if ds in tuple(u.attention_resolutions):
+      heads = ch // u.num_head_channels
+      peak = max(peak, 3 * rows * heads * n * n * 4)
+  chunk = min(decoding_t, num_frames) * batch
+  vae_attn = 3 * chunk * (h * w) ** 2 * 4
+  vae_act = 6 * chunk * 4 * max(height * width // 4 ** i * c for i, c in enumerate(v.block_out_channels))
+  from gcd_jax.convert import checkpoint_io  # pylint: disable=g-import-not-at-top
+  params = sum(4 * math.prod(a.shape) for comp in checkpoint_io.COMPONENTS
+               for a in jax.tree.leaves(nnx.state(checkpoint_io.abstract_module(model_cfg, comp), nnx.Param)))
+  return int(params + max(peak + 6 * widest, vae_attn, vae_act))
+
+
+def available_memory_bytes() -> int:
+  """Memory the sampler can use: the accelerator's (bytes_limit), else this host's available RAM."""
+  import jax  # pylint: disable=g-import-not-at-top
+  dev = jax.local_devices()[0]
+  stats = dev.memory_stats() if dev.platform != 'cpu' else None
+  if stats and stats.get('bytes_limit'):
+    return int(stats['bytes_limit'])
+  try:
+    with open('/proc/meminfo') as f:
+      info = {line.split(':')[0]: int(line.split()[1]) * 1024 for line in f}
+    return int(info.get('MemAvailable', info['MemTotal']))
+  except (OSError, KeyError, ValueError):
+    return int(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'))
+
+
+def check_fits(model_cfg, *, num_frames: int, width: int, height: int, batch: int = 1, decoding_t: int = 14,
+               multiple: int = 64, available: int | None = None) -> int:
+  """Refuses (InputError with the estimate and a size that fits) a sampling call that would not fit."""
+  available = available_memory_bytes() if available is None else available
+  need = sampling_memory_bytes(model_cfg, num_frames=num_frames, width=width, height=height, batch=batch,
+                               decoding_t=decoding_t)
+  if need <= 0.8 * available:
+    return need
+  fw, fh = width, height
+  while (fw > multiple or fh > multiple) and sampling_memory_bytes(
+      model_cfg, num_frames=num_frames, width=fw, height=fh, batch=batch, decoding_t=decoding_t) > 0.8 * available:
+    fw, fh = max(multiple, (fw * 3 // 4) // multiple * multiple), max(multiple, (fh * 3 // 4) // multiple * multiple)
+  raise InputError(f'sampling {num_frames} frames at {width}×{height} needs about {need / 2**30:.1f} GiB (attention '
+                   f'scores dominate), more than the {available / 2**30:.1f} GiB available; use e.g. '
+                   f'--frame-width {fw} --frame-height {fh}')
 
 
 def validate_input(spec: InputSpec) -> dict:
@@ -134,8 +212,15 @@ def camera_conditioning(delta, num_frames: int, *, gradual: bool, traj_cfg, moti
 
 
 def trajectory_picture(path: str, spherical_dst: np.ndarray, *, base=(0.0, 10.0, 15.0), size=(640, 320)) -> str:
+  """Writes `trajectory_image` as a PNG at path."""
+  return media.write_png(path, trajectory_image(spherical_dst, base=base, size=size))
+
+
+def trajectory_image(spherical_dst: np.ndarray, *, base=(0.0, 10.0, 15.0), size=(640, 320), frame: int | None = None,
+                     legend: bool = True) -> np.ndarray:
   """Top view (x–y) and side view (x–z) of the input camera and the target camera path on the GCD orbit
-  (§1.4: centre (0, 0, 1), elevation = latitude). The input camera sits at `base` (az°, el°, r)."""
+  (§1.4: centre (0, 0, 1), elevation = latitude). The input camera sits at `base` (az°, el°, r).
+  frame: also mark the target camera of that frame (animations). → uint8 [H, W, 3]."""
   from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
   from gcd_jax.geometry import cameras  # pylint: disable=g-import-not-at-top
   base = np.asarray(base, np.float64)
@@ -165,16 +250,17 @@ def trajectory_picture(path: str, spherical_dst: np.ndarray, *, base=(0.0, 10.0,
     pts = [p(q) for q in dst_pos]
     if len(pts) > 1:
       d.line(pts, fill=(31, 119, 180), width=2)
-    for q, col in ((src_pos, (44, 160, 44)), (dst_pos[-1], (214, 39, 40))):
+    marks = [(src_pos, (44, 160, 44)), (dst_pos[-1], (214, 39, 40))]
+    if frame is not None:
+      marks.append((dst_pos[frame], (255, 150, 0)))
+    for q, col in marks:
       x, y = p(q)
       d.ellipse([x - 5, y - 5, x + 5, y + 5], fill=col)
       d.line([x, y, centre[0], centre[1]], fill=col)
-  d.text((8, h - 18), 'green: input camera   red: target (last frame)   blue: target path', fill=(0, 0, 0),
-         font=font)
-  tmp = path + '.tmp.png'
-  img.save(tmp, format='PNG')
-  os.replace(tmp, path)
-  return path
+  if legend:
+    d.text((8, h - 18), 'green: input camera   red: target (last frame)   blue: target path'
+           + ('   orange: now' if frame is not None else ''), fill=(0, 0, 0), font=font)
+  return np.asarray(img)
 
 
 def save_outputs(out_dir: str, input01: np.ndarray, samples01: np.ndarray, *, frame_rate: int,
@@ -235,19 +321,23 @@ def sample_from_args(args) -> str:
   if args.frame_rate < 1:
     raise InputError('--frame-rate must be ≥ 1 (the FPS after subsampling)')
   if args.config:
-    model_cfg, _ = gen_lib.resolve_config(args.config)
-    gen_lib.check_checkpoint_matches(args.checkpoint, model_cfg)
+    model_cfg, train_cfg = gen_lib.resolve_config(args.config)
   else:
-    model_cfg = checkpoint_io.checkpoint_config(args.checkpoint)
-    gen_lib.check_checkpoint_matches(args.checkpoint, model_cfg)
+    model_cfg, train_cfg = gen_lib.config_from_checkpoint(args.checkpoint)
+  gen_lib.check_checkpoint_matches(args.checkpoint, model_cfg)
   t = int(args.num_frames or model_cfg.num_frames)
   if t < 1:
     raise InputError('--num-frames must be ≥ 1')
+  width, height = default_frame_size(model_cfg, train_cfg)
+  width, height = args.frame_width or width, args.frame_height or height
+  multiple = gen_lib.required_multiple(model_cfg)
   spec = InputSpec(path=args.input, num_frames=t, frame_start=args.frame_start, frame_stride=args.frame_stride,
-                   frame_width=args.frame_width, frame_height=args.frame_height, center_crop=args.center_crop,
-                   size_multiple=gen_lib.required_multiple(model_cfg))
+                   frame_width=width, frame_height=height, center_crop=args.center_crop, size_multiple=multiple)
   validate_input(spec)
-  traj_cfg = trajectory.trajectory_config(args.trajectory)
+  check_fits(model_cfg, num_frames=t, width=width, height=height, decoding_t=args.decoding_t, multiple=multiple)
+  traj_preset = args.trajectory or (train_cfg.data.trajectory if train_cfg is not None and 'data' in train_cfg
+                                    else 'kubric_gradual_max90')
+  traj_cfg = trajectory.trajectory_config(traj_preset)
   traj_cfg.num_frames = t
   cam = camera_conditioning((args.azimuth, args.elevation, args.radius), t, gradual=args.gradual,
                             traj_cfg=traj_cfg, motion_bucket=args.motion_id,
@@ -273,7 +363,7 @@ def sample_from_args(args) -> str:
   generator = gen_lib.VideoGenerator(args.checkpoint, model_cfg, batch_size=1, steps=args.steps,
                                      num_samples=args.num_samples,
                                      guidance=(args.guidance_min, args.guidance_max),
-                                     decoding_t=args.decoding_t, progress=not args.no_progress)
+                                     decoding_t=min(args.decoding_t, t), progress=not args.no_progress)
   samples01 = generator([example], keys)[0]
   info = {'input': os.path.abspath(args.input), 'checkpoint': os.path.abspath(args.checkpoint),
           'model': model_cfg.name, 'delta': [args.azimuth, args.elevation, args.radius],

@@ -14,8 +14,20 @@ import os
 import ml_collections
 
 
+def resolve_config_path(path: str) -> str:
+  """A config file path as given (relative to the working directory), else the installed project's copy
+  (`configs/tiny.py` names the package's configs/tiny.py from any directory)."""
+  if os.path.exists(path):
+    return path
+  import configs  # pylint: disable=g-import-not-at-top
+  rel = path[len('configs/'):] if path.startswith('configs/') else path
+  packaged = os.path.join(os.path.dirname(os.path.abspath(configs.__file__)), rel)
+  return packaged if os.path.exists(packaged) else path
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
   path, _, arg = spec.partition(':')
+  path = resolve_config_path(path)
   if not path.endswith('.py') or not os.path.exists(path):
     raise FileNotFoundError(f'--config {spec!r}: expected an existing config file such as '
                             'configs/tiny.py or configs/gcd.py:data=kubric,traj=gradual,az=90')

@@ -42,39 +42,111 @@ def build_layouts(config):
   return builders, layouts
 
 
-def initial_weights(config, builders, layouts, frozen_specs, net_specs, mesh, log=print):
-  """(network flat params, {'vae': flat, 'clip': flat}) on their shardings: from config.init_checkpoint (a
-  `gcd-jax convert` folder; SVD checkpoints lack the camera layers → fresh init when init_missing) or random."""
+def initial_weights(config, builders, layouts, frozen_specs, net_specs, mesh, sources: dict, log=print):
+  """(network flat params, {'vae': flat, 'clip': flat}) on their shardings. sources: component → a
+  `gcd-jax convert`-format folder to load it from (SVD checkpoints lack the camera layers → fresh init when
+  config.init_missing); a component with no source is initialised randomly (seed + its index)."""
   all_specs = dict(network=net_specs, **frozen_specs)
   out = {}
-  if config.init_checkpoint:
-    from gcd_jax.convert import checkpoint_io  # pylint: disable=g-import-not-at-top
-    stored_cfg = checkpoint_io.checkpoint_config(config.init_checkpoint)
-    for name, layout in layouts.items():
-      stored_layout = ts.ParamLayout.of(checkpoint_io.abstract_module(stored_cfg, name))
-      want = layout.abstract_flat()
-      shardings = {n: jax.sharding.NamedSharding(mesh, all_specs[name][n]) if n in want and
-                   want[n].shape == a.shape else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-                   for n, a in stored_layout.abstract_flat().items()}
-      sh_state = jax.tree.unflatten(stored_layout.treedef, [shardings[n] for n in stored_layout.names])
-      module = checkpoint_io.restore_component(config.init_checkpoint, stored_cfg, name, sh_state)
-      got = stored_layout.flat(module)
-      missing = [n for n in layout.names if n not in got or got[n].shape != want[n].shape]
-      if missing:
-        if not config.init_missing:
-          raise ValueError(f'{name}: {len(missing)} parameters not in {config.init_checkpoint} (e.g. {missing[:3]}); '
-                           'set --config.init_missing=true to initialise them fresh (the camera layers of an '
-                           'SVD checkpoint)')
-        log(f'[train] {name}: initialising {len(missing)} parameters absent from the checkpoint: {missing[:6]}')
-        fresh = ts.init_flat(builders[name], config.model, layout,
-                             sh.named(mesh, all_specs[name]), config.seed)
-        got = {**{n: fresh[n] for n in missing}, **{n: got[n] for n in layout.names if n not in missing}}
-      out[name] = {n: got[n] for n in layout.names}
-  else:
-    for i, (name, layout) in enumerate(layouts.items()):
+  for i, (name, layout) in enumerate(layouts.items()):
+    src = sources.get(name, '')
+    if not src:
       out[name] = ts.init_flat(builders[name], config.model, layout, sh.named(mesh, all_specs[name]),
                                config.seed + i)
+      continue
+    from gcd_jax.convert import checkpoint_io  # pylint: disable=g-import-not-at-top
+    stored_cfg = checkpoint_io.checkpoint_config(src)
+    stored_layout = ts.ParamLayout.of(checkpoint_io.abstract_module(stored_cfg, name))
+    want = layout.abstract_flat()
+    shardings = {n: jax.sharding.NamedSharding(mesh, all_specs[name][n]) if n in want and
+                 want[n].shape == a.shape else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+                 for n, a in stored_layout.abstract_flat().items()}
+    sh_state = jax.tree.unflatten(stored_layout.treedef, [shardings[n] for n in stored_layout.names])
+    module = checkpoint_io.restore_component(src, stored_cfg, name, sh_state)
+    got = stored_layout.flat(module)
+    missing = [n for n in layout.names if n not in got or got[n].shape != want[n].shape]
+    if missing:
+      if not config.init_missing:
+        raise ValueError(f'{name}: {len(missing)} parameters not in {src} (e.g. {missing[:3]}); '
+                         'set --config.init_missing=true to initialise them fresh (the camera layers of an '
+                         'SVD checkpoint)')
+      log(f'[train] {name}: initialising {len(missing)} parameters absent from the checkpoint: {missing[:6]}')
+      fresh = ts.init_flat(builders[name], config.model, layout, sh.named(mesh, all_specs[name]), config.seed + i)
+      got = {**{n: fresh[n] for n in missing}, **{n: got[n] for n in layout.names if n not in missing}}
+    out[name] = {n: got[n] for n in layout.names}
   return out.pop('network'), out
+
+
+FROZEN_DIR = 'frozen'  # W/frozen: the run's frozen VAE + CLIP (+ the initial network) when not from a checkpoint
+
+
+def frozen_dir(workdir: str) -> str:
+  return os.path.join(workdir, FROZEN_DIR)
+
+
+def weight_sources(config, workdir: str, layouts: dict, log=print) -> dict:
+  """component → checkpoint folder. init_checkpoint if set; else W/frozen (written at the first start: by
+  the VAE fit when config.vae_fit.steps > 0, else by `save_frozen` after random init), so that a resume,
+  `sample`, `evaluate` and `export` of the workdir all see the same frozen weights."""
+  if config.init_checkpoint:
+    return {k: config.init_checkpoint for k in layouts}
+  fdir = frozen_dir(workdir)
+  if os.path.isdir(fdir):
+    return {k: fdir for k in layouts}
+  fit = config.get('vae_fit')
+  if fit is not None and fit.steps > 0 and 'vae' in layouts:
+    if jax.process_count() > 1:
+      raise ValueError('config.vae_fit runs on one process; fit it in a single-process run first (same workdir) '
+                       'or set --config.vae_fit.steps=0 with an init_checkpoint that has a VAE')
+    fit_and_save_vae(config, fdir, log)
+    return {k: fdir for k in layouts}
+  return {}
+
+
+def fit_and_save_vae(config, out_dir: str, log=print) -> dict:
+  """Fits the VAE on training clips (vae_fit.py) and writes out_dir (random network + CLIP, fitted VAE)."""
+  from data_pipelines import input_pipeline  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from gcd_jax.convert import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from gcd_jax.models import build_clip, build_gcd_network  # pylint: disable=g-import-not-at-top
+  from gcd_jax.train import vae_fit  # pylint: disable=g-import-not-at-top
+
+  def clips(split, n):
+    data = config.data.copy_and_resolve_references()
+    data.split, data.shard_index, data.shard_count, data.batch_size = split, 0, 1, 8
+    data.seed = config.seed + 17
+    it = input_pipeline.make_iterator(data)
+    out = []
+    while sum(len(c) for c in out) < n:
+      ex = next(it)
+      out += [np.asarray(ex['jpg'], np.float32), np.asarray(ex['cond_frames_without_noise'], np.float32)]
+    return np.concatenate(out)[:n]
+
+  fit = config.vae_fit
+  t0 = time.perf_counter()
+  train_clips = clips('train', int(fit.num_clips))
+  try:
+    held = clips('val', 8)
+  except (ValueError, FileNotFoundError, StopIteration):
+    held = train_clips[-8:]
+  log(f'[vae fit] {len(train_clips)} training clips rendered in {time.perf_counter() - t0:.0f}s')
+  vae, stats = vae_fit.fit_vae(config.model, train_clips, held, fit, seed=config.seed + 1, log=log)
+  network = build_gcd_network(config.model, nnx.Rngs(config.seed))
+  clip = build_clip(config.model, nnx.Rngs(config.seed + 2))
+  checkpoint_io.save_model_checkpoint(out_dir, network, vae, clip, config.model,
+                                      dict(source=dict(kind='gcd-jax vae fit', **stats)))
+  return stats
+
+
+def save_frozen(config, workdir: str, layouts: dict, params: dict, frozen: dict) -> None:
+  """Writes W/frozen from the (random) initial weights, once, on process 0."""
+  if jax.process_index() != 0 or os.path.isdir(frozen_dir(workdir)) or config.features != 'in_step':
+    return
+  from gcd_jax.convert import checkpoint_io  # pylint: disable=g-import-not-at-top
+  host = lambda name, flat: layouts[name].module(jax.device_get(flat))  # noqa: E731
+  checkpoint_io.save_model_checkpoint(frozen_dir(workdir), host('network', params), host('vae', frozen['vae']),
+                                      host('clip', frozen['clip']), config.model,
+                                      dict(source=dict(kind='gcd-jax train random init', seed=int(config.seed))))
 
 
 def check_config(config):
@@ -119,7 +191,11 @@ def train(config, workdir: str, *, log=print) -> dict:
   # ---------------------------------------------------------------------------- initialise or resume
   manager = ckpt_lib.make_manager(os.path.join(workdir, 'checkpoints'), max_to_keep=config.checkpoint.max_to_keep,
                                   async_save=config.checkpoint.async_save)
-  params, frozen = initial_weights(config, builders, layouts, frozen_spec_tree, state_spec_tree['params'], mesh, log)
+  sources = weight_sources(config, workdir, layouts, log)
+  params, frozen = initial_weights(config, builders, layouts, frozen_spec_tree, state_spec_tree['params'], mesh,
+                                   sources, log)
+  if not sources:
+    save_frozen(config, workdir, layouts, params, frozen)
   if manager.latest_step() is not None:
     del params
     state, start = ckpt_lib.restore(manager, abstract_state, state_spec_tree, mesh, data_iter)
@@ -129,12 +205,20 @@ def train(config, workdir: str, *, log=print) -> dict:
     del params
     start = 0
 
+  if start >= config.total_steps:  # a finished run (e.g. `train --export` again): nothing to compile
+    manager.close()
+    log(f'[train] already at step {start} of {config.total_steps}: nothing to train')
+    return dict(status='done', step=start, metrics={}, flops_per_step=0.0, state=state, frozen=frozen,
+                layouts=layouts, mesh=mesh)
+
   # --------------------------------------------------------------------------------------- update step
   step_fn = ts.make_train_step(config, net_layout, frozen_layouts.get('vae'), frozen_layouts.get('clip'), tx, schedule)
   first = input_lib.train_batch(next(data_iter), config.features)
   batch_abstract = {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:], v.dtype) for k, v in first.items()}
   jitted = ts.jit_train_step(step_fn, mesh, state_spec_tree, frozen_spec_tree, batch_abstract)
   t0 = time.perf_counter()
+  log(f'[train] compiling the train step ({config.batch_size} videos × {config.model.num_frames} frames per step; '
+      'cached across runs by JAX\'s persistent compilation cache)')
   compiled = jitted.lower(state, frozen, batch_abstract).compile()
   flops = metrics_lib.compiled_flops(compiled)
   log(f'[train] compiled the train step in {time.perf_counter() - t0:.1f}s; '
@@ -200,15 +284,11 @@ def train(config, workdir: str, *, log=print) -> dict:
               layouts=layouts, mesh=mesh)
 
 
-def export_model(config, result: dict, out_dir: str) -> str:
-  """Writes the trained network (+ frozen VAE/CLIP) as a `gcd-jax convert`-format folder (sample/evaluate)."""
-  from gcd_jax.convert import checkpoint_io  # pylint: disable=g-import-not-at-top
-  layouts, state, frozen = result['layouts'], result['state'], result['frozen']
-  net = layouts['network'].module(jax.device_get(state['params']))
-  vae = layouts['vae'].module(jax.device_get(frozen['vae'])) if 'vae' in frozen else None
-  clip = layouts['clip'].module(jax.device_get(frozen['clip'])) if 'clip' in frozen else None
-  return checkpoint_io.save_model_checkpoint(out_dir, net, vae, clip, config.model,
-                                             dict(source=dict(kind='gcd-jax train', step=int(result['step']))))
+def export_model(config, workdir: str, step: int, out_dir: str) -> str:
+  """Writes step `step` of the run (EMA weights when it keeps them) as a `gcd-jax convert`-format folder."""
+  from gcd_jax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  weights = 'ema' if config.optim.get('ema_decay', 0.0) > 0 else 'params'
+  return workdir_lib.export_step(workdir, out_dir, step=step, weights=weights)
 
 
 def write_preview(config, net_layout, frozen_layouts, params, frozen, batch, mesh, path: str,

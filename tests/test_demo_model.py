@@ -1,0 +1,92 @@
+"""The packaged demo model (gcd_jax/assets/demo_model) and the demo's video / strip composition.
+
+* the model folder is complete, ≤ 30 MB, and was made by `gcd-jax train --config configs/demo.py`: its stored
+  training config equals configs/demo.py today (apart from the machine's data_dir), so the documented
+  command reproduces it;
+* its VAE (fitted by the trainer, gcd_jax/train/vae_fit.py) has unit-std target latents and reconstructs
+  held-out-style procedural frames well enough for the demo and the learning tests;
+* `demo_video` / `frame_strip` compose labelled, ×4 upscaled panels from an evaluation folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from gcd_jax.commands import demo
+
+
+def _dir_bytes(path: str) -> int:
+  return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def _strip_machine(d: dict) -> dict:
+  d = json.loads(json.dumps(d))
+  d['data'].pop('data_dir')
+  return d
+
+
+def test_packaged_model_is_the_documented_run():
+  from configs import demo as demo_config  # pylint: disable=g-import-not-at-top
+  from gcd_jax.convert import checkpoint_io  # pylint: disable=g-import-not-at-top
+  path = demo.packaged_model()
+  meta = checkpoint_io.read_metadata(path)
+  assert sorted(meta['components']) == ['clip', 'network', 'vae']
+  assert _dir_bytes(path) <= 30 * 2 ** 20, _dir_bytes(path)
+  assert meta['source']['kind'] == 'gcd-jax train' and meta['source']['weights'] == 'ema'
+  stored = _strip_machine(meta['train_config'])
+  want = _strip_machine(json.loads(demo_config.get_config().to_json_best_effort()))
+  assert stored == want
+  assert meta['source']['step'] == want['total_steps']
+
+
+def test_packaged_vae_latent_scale_and_reconstruction():
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from gcd_jax.convert import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from gcd_jax.geometry import procedural  # pylint: disable=g-import-not-at-top
+  from gcd_jax.train import vae_fit  # pylint: disable=g-import-not-at-top
+  _, vae, _ = checkpoint_io.restore_model_checkpoint(demo.packaged_model(), components=('vae',))
+  scene = procedural.generate_scene(123_456, procedural.scene_config('tiny'))  # not a demo training scene
+  frames = np.stack([scene.render(v, t)[0] for v in (4, 9) for t in range(6)]).astype(np.float32)
+  frames = frames.reshape(2, 6, 64, 96, 3)[:, :, ::2, ::2]  # 32×48, as the demo's model input
+  x = jnp.asarray(frames.reshape(-1, 32, 48, 3) / 127.5 - 1.0)
+  mean, _ = vae.encode(x, use_quant_conv=False)
+  recon = vae.decode(mean, num_frames=6)
+  psnr = float(vae_fit.psnr01(recon, x))
+  std = float(jnp.std(mean * vae.scaling_factor))
+  print(f'packaged VAE on an unseen scene: PSNR {psnr:.2f} dB, target latent std {std:.3f}')
+  assert psnr > 25.0
+  assert 0.5 < std < 2.0
+  cond, _ = vae.encode(x, use_quant_conv=True)  # quant_conv is the identity: both paths agree
+  np.testing.assert_allclose(np.asarray(cond), np.asarray(mean), atol=1e-5)
+
+
+def test_demo_video_and_strip_from_an_evaluation_folder(tmp_path):
+  from configs import demo as demo_config  # pylint: disable=g-import-not-at-top
+  from gcd_jax.evaluate import evaluate as ev  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  t, h, w = 6, 32, 48
+  settings = ev.EvalSettings(checkpoint='c', config='', split='test', list_file='', controls_file='',
+                             control_idx=0, num_samples=1, steps=25, seed=0, guidance_min=1.0, guidance_max=1.5,
+                             cond_aug=0.02, decoding_t=6, lpips='none', semantic_palette='')
+  for i in range(2):
+    ex = dict(input01=rng.random((t, h, w, 3), np.float32), gt01=rng.random((t, h, w, 3), np.float32),
+              reproject01=None, scene_idx=290 + i,
+              control=dict(spherical_start=[10.0, 20.0, 15.0], spherical_end=[70.0, 5.0, 14.0], frame_start=0,
+                           frame_skip=2, fps=12))
+    samples = rng.random((1, t, h, w, 3), np.float32)
+    ev.write_scene(str(tmp_path), f'scn{290 + i:05d}', ex, samples,
+                   ev.scene_metrics(samples, ex['gt01'], None, input01=ex['input01']), settings, fps=3)
+  results = {r['scene']: r for r in ev.load_scene_results(str(tmp_path))}
+  assert 'psnr_copy' in results['scn00290']['frame'] and 'psnr_meanframe' in results['scn00290']['frame']
+  video = demo.demo_video(str(tmp_path), sorted(results), results, demo_config.get_config())
+  bar = 18
+  assert video.shape[0] == t and video.dtype == np.uint8
+  assert video.shape[1] == 2 * (bar + 4 * h)  # two scenes, ×4 panels with a caption bar
+  assert video.shape[2] == 3 * 4 * w + 2 * 4 * h  # input | generated | ground truth | camera path
+  v = ev.load_scene_videos(str(tmp_path), 'scn00290')
+  np.testing.assert_array_equal(video[0, bar:bar + 4 * h:4, 3 * 4 * w - 4 * w:3 * 4 * w:4], v['gt'][0])
+  strip = demo.frame_strip(str(tmp_path), 'scn00290', results['scn00290'])
+  assert strip.shape == (20 + 3 * (16 + 4 * h), t * 4 * w, 3)
