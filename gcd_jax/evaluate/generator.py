@@ -219,6 +219,9 @@ def _sample_jit(state, batch, keys, *, graphdef, cfg_json, diff_json):
                        ml_collections.ConfigDict(json.loads(diff_json)))
 
 
+_ANNOUNCED = set()
+
+
 class VideoGenerator:
   """Restored GCD model + the jitted sampler over a local 'data' mesh (see module docstring)."""
 
@@ -241,7 +244,6 @@ class VideoGenerator:
     diff_cfg.sampler.num_steps = int(steps)
     diff_cfg.guider.min_scale, diff_cfg.guider.max_scale = float(guidance[0]), float(guidance[1])
     diff_cfg.decode.chunk_size = int(decoding_t)
-    self._compiled = False
     self._steps = int(steps)
     self._static = dict(graphdef=self._graphdef, cfg_json=model_cfg.to_json(sort_keys=True),
                         diff_json=diff_cfg.to_json(sort_keys=True))
@@ -262,11 +264,12 @@ class VideoGenerator:
     if self.progress and self.num_samples > 1:
       from tqdm import tqdm  # pylint: disable=g-import-not-at-top
       it = tqdm(it, desc='sampling', unit='sample', leave=False)
-    if not self._compiled:
+    signature = (self._static['cfg_json'], self._static['diff_json'], tuple(batch['cond_frames'].shape))
+    if signature not in _ANNOUNCED:  # once per program (the jit is module-level: generators share it)
       t = batch['cond_frames'].shape[1]
       print(f'[gcd-jax] compiling the sampler ({self.batch_size} video(s) × {t} frames, {self._steps} steps with '
             'guidance, VAE decode); the persistent compilation cache reuses it on later runs', flush=True)
-      self._compiled = True
+      _ANNOUNCED.add(signature)
     for s in it:
       outs.append(np.asarray(_sample_jit(self._state, batch, jax.device_put(keys[:, s:s + 1], self._data),
                                          **self._static)))
