@@ -8,7 +8,7 @@ r"""`gcd-jax demo`: the packaged demo model re-renders held-out scenes from new 
 2. trains --steps steps of configs/demo.py starting from the packaged demo model (gcd_jax/assets/demo_model,
    trained from scratch by `gcd-jax train --config configs/demo.py`, see docs/demo_model.md), in
    WORKDIR/train, so the trainer runs too (its warm-up keeps the learning rate near 0: the model barely moves);
-3. evaluates that training workdir with `gcd-jax evaluate` on every held-out scene (one sample each, the
+3. evaluates that training workdir (its raw weights) with `gcd-jax evaluate` on every held-out scene (one sample each, the
    reference sampler: 25 steps, guidance 1.0 → 1.5) into WORKDIR/eval, with the baselines: copying the
    input video, its mean frame, and the reprojection of the input view (an upper reference);
 4. writes WORKDIR/demo.mp4 (input | generated | ground truth | camera path, ×4 upscaled, labelled; 4 scenes,
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -102,14 +103,15 @@ def run(args) -> int:
   eval_dir = os.path.join(workdir, 'eval')
   parser = argparse.ArgumentParser()
   evaluate_cmd.add_arguments(parser)
-  eval_args = parser.parse_args(['--checkpoint', evaluated, '--data-dir', data_dir, '--data',
+  eval_args = parser.parse_args(['--checkpoint', evaluated, '--weights', 'raw' if args.steps else 'auto',
+                                 '--data-dir', data_dir, '--data',
                                  _data_preset(config), '--split', 'test', '--num-samples', '1', '--seed',
                                  str(args.seed), '--decoding-t', str(config.model.num_frames), '--out', eval_dir]
                                 + (['--no-progress'] if args.no_progress else []))
   t0 = time.perf_counter()
   print('[demo] evaluating the held-out test scenes (sampling: 25 steps, guidance 1.0 → 1.5)', flush=True)
   try:
-    eval_args.checkpoint = workdir_lib.resolve_model(eval_args.checkpoint)
+    eval_args.checkpoint = workdir_lib.resolve_model(eval_args.checkpoint, weights=eval_args.weights)
     summary = ev.evaluate_from_args(eval_args)
   except ev.EXPECTED_ERRORS as e:
     print(f'gcd-jax demo: error: {e}', file=sys.stderr)
@@ -132,17 +134,19 @@ def run(args) -> int:
   metrics = dict(
       model=model, evaluated=evaluated, train_steps=args.steps, scenes=len(results), samples_per_scene=1,
       seed=args.seed, **{k: round(v['mean'], 4) for k, v in table.items() if 'mean' in v and
-                         k.split('_')[0] in ('psnr', 'ssim')},
+                         k.split('_')[0] in ('psnr', 'ssim') and math.isfinite(v['mean'])},
       seconds={k: round(v, 1) for k, v in seconds.items()}, video=video_path, strip=strip_path,
       eval_dir=eval_dir)
   with open(os.path.join(workdir, '.demo_metrics.json.tmp'), 'w') as f:
     json.dump(metrics, f, indent=1)
   os.replace(os.path.join(workdir, '.demo_metrics.json.tmp'), os.path.join(workdir, 'demo_metrics.json'))
   print(summary)
-  print(f'[demo] {len(results)} held-out scenes: generated {table["psnr"]["mean"]:.2f} dB / SSIM '
-        f'{table["ssim"]["mean"]:.3f}; copy-input {table["psnr_copy"]["mean"]:.2f} dB / '
-        f'{table["ssim_copy"]["mean"]:.3f}; mean frame {table["psnr_meanframe"]["mean"]:.2f} dB / '
-        f'{table["ssim_meanframe"]["mean"]:.3f}', flush=True)
+  m = lambda k: table[k]['mean']  # noqa: E731
+  print(f'[demo] {len(results)} held-out scenes, frames where the camera has moved (1-{config.model.num_frames - 1}): '
+        f'generated {m("psnr_from1"):.2f} dB / SSIM {m("ssim_from1"):.3f}; copy the input {m("psnr_copy_from1"):.2f} dB'
+        f' / {m("ssim_copy_from1"):.3f}; mean frame {m("psnr_meanframe_from1"):.2f} dB / '
+        f'{m("ssim_meanframe_from1"):.3f}; reprojection (upper reference) {m("psnr_reproject_from1"):.2f} dB / '
+        f'{m("ssim_reproject_from1"):.3f}', flush=True)
   print(f'[demo] video {video_path}; frame strip {strip_path}; total {seconds["total"]:.0f}s', flush=True)
   return 0
 
@@ -160,7 +164,7 @@ def _upscale(frames: np.ndarray) -> np.ndarray:
 
 def _camera_text(control: dict) -> str:
   d = np.asarray(control['spherical_end'], np.float64) - np.asarray(control['spherical_start'], np.float64)
-  return f'Δaz {d[0]:+.0f}°  Δel {d[1]:+.0f}°  Δr {d[2]:+.1f} m'
+  return f'camera move: az {d[0]:+.0f}°, el {d[1]:+.0f}°, r {d[2]:+.1f} m'  # the default font has no Δ
 
 
 def _camera_path(control: dict, num_frames: int, config):

@@ -159,8 +159,9 @@ def check_config(config):
     raise ValueError(f'model.num_frames={config.model.num_frames} != data.num_frames={config.data.num_frames}')
 
 
-def train(config, workdir: str, *, log=print) -> dict:
+def train(config, workdir: str, *, log=None) -> dict:
   """Runs (or resumes) training to config.total_steps. → summary dict (final step, last metrics, timings)."""
+  log = log or (lambda *a: print(*a, flush=True))  # flushed: logs are often redirected to files
   check_config(config)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
