@@ -24,10 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "configs stored with the checkpoint")
   parser.add_argument('--checkpoint', required=True,
                       help='gcd-jax model checkpoint folder (gcd-jax convert / train --export) or a training workdir')
-  parser.add_argument('--step', type=int, default=None,
-                      help='training workdir: checkpoint step to evaluate (default: the latest)')
-  parser.add_argument('--weights', choices=('auto', 'ema', 'raw'), default='auto',
-                      help='training workdir: EMA or raw weights (default auto: EMA when the run keeps one)')
+  from gcd_jax.train.workdir import add_step_arguments  # pylint: disable=g-import-not-at-top
+  add_step_arguments(parser, 'evaluate')
   parser.add_argument('--data', default='',
                       help="data preset of data_pipelines.input_pipeline.data_config ('kubric', 'pardom', "
                            "'procedural', 'tiny', with ',key=value' overrides); default: the training config's "

@@ -15,10 +15,8 @@ import sys
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('ckpt', help='checkpoint folder written by `gcd-jax convert` / `train --export`, or a '
                                    'training workdir (see --step, --weights)')
-  parser.add_argument('--step', type=int, default=None,
-                      help='training workdir: checkpoint step to export (default: the latest)')
-  parser.add_argument('--weights', choices=('auto', 'ema', 'raw'), default='auto',
-                      help='training workdir: EMA or raw weights (default auto: EMA when the run keeps one)')
+  from gcd_jax.train.workdir import add_step_arguments  # pylint: disable=g-import-not-at-top
+  add_step_arguments(parser, 'export')
   parser.add_argument('--to', required=True, choices=('sgm', 'diffusers'), help='output format')
   parser.add_argument('--out', required=True,
                       help='output: a .safetensors file (sgm) or a folder (diffusers); must not exist')

@@ -20,10 +20,8 @@ import sys
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--checkpoint', required=True,
                       help='gcd-jax model checkpoint folder, or a training workdir (see --step, --weights)')
-  parser.add_argument('--step', type=int, default=None,
-                      help='training workdir: checkpoint step to sample (default: the latest)')
-  parser.add_argument('--weights', choices=('auto', 'ema', 'raw'), default='auto',
-                      help='training workdir: EMA or raw weights (default auto: EMA when the run keeps one)')
+  from gcd_jax.train.workdir import add_step_arguments  # pylint: disable=g-import-not-at-top
+  add_step_arguments(parser, 'sample')
   parser.add_argument('--config', default='',
                       help="model config (preset or config file); default: the one stored with the checkpoint")
   parser.add_argument('--input', required=True, help='video file, folder of frames, or one image (a still)')

@@ -31,6 +31,14 @@ class WorkdirError(ValueError):
   """A workdir that cannot be used as a model (no checkpoint, unknown step, no EMA)."""
 
 
+def add_step_arguments(parser, what: str) -> None:
+  """--step / --weights of the commands that take a model or a training workdir (sample, evaluate, export)."""
+  parser.add_argument('--step', type=int, default=None,
+                      help=f'training workdir: checkpoint step to {what} (default: the latest)')
+  parser.add_argument('--weights', choices=('auto', 'ema', 'raw'), default='auto',
+                      help='training workdir: EMA or raw weights (default auto: EMA when the run keeps one)')
+
+
 def is_workdir(path: str) -> bool:
   return os.path.isfile(os.path.join(path, CONFIG)) and os.path.isdir(os.path.join(path, 'checkpoints'))
 
