@@ -90,11 +90,10 @@ def _font(size: int = 11):
 
 def label(image: np.ndarray, text: str, bar: int = 14) -> np.ndarray:
   """Black caption bar above an image [H, W, 3] uint8 → [H + bar, W, 3]."""
-  h, w = image.shape[:2]
-  canvas = Image.new('RGB', (w, h + bar))
-  canvas.paste(Image.fromarray(to_uint8(image)), (0, bar))
-  ImageDraw.Draw(canvas).text((2, 1), text, fill=(255, 255, 255), font=_font(max(bar - 3, 8)))
-  return np.asarray(canvas)
+  w = image.shape[1]
+  caption = Image.new('RGB', (w, bar))  # drawn on its own strip: descenders never touch the image's pixels
+  ImageDraw.Draw(caption).text((2, 1), text, fill=(255, 255, 255), font=_font(max(bar - 3, 8)))
+  return np.concatenate([np.asarray(caption), to_uint8(image)], axis=0)
 
 
 def gallery_frames(columns: Sequence[tuple[str, np.ndarray]]) -> np.ndarray:
