@@ -1,6 +1,6 @@
 """Fit a small temporal VAE from scratch, for models trained without SVD's pretrained autoencoder.
 
-GCD fine-tunes SVD, whose VAE is pretrained and frozen (gcd_spec.md §1.8). A model trained here from random
+GCD fine-tunes SVD, whose VAE is pretrained and frozen (sgm `DiffusionEngine`: `first_stage_model` frozen). A model trained here from random
 weights (the tiny / demo presets, no download) has no such VAE, and a random decoder turns any latent into
 noise. `config.vae_fit.steps > 0` makes the trainer fit the VAE on the training frames first, then freeze it
 for the diffusion run, exactly as the reference freezes SVD's.
@@ -49,7 +49,7 @@ def set_identity_quant_conv(vae) -> None:
 def init_small_posterior(vae, logvar: float = -10.0) -> None:
   """Start the posterior's log-variance at `logvar` (σ ≈ 0.007) instead of ~0: a random encoder's σ ≈ 1
   drowns the latent in noise, and with a tiny KL weight the decoder then spends most of the fit learning to
-  ignore it. The sample stays a sample (the diffusion target uses it, gcd_spec.md §1.1)."""
+  ignore it. The sample stays a sample (the diffusion target uses it, sgm `DiffusionEngine.shared_step`: encode_first_stage samples the posterior)."""
   conv = vae.encoder.conv_out
   c = conv.kernel.value.shape[-1] // 2
   conv.kernel.value = conv.kernel.value.at[..., c:].set(0.0)
