@@ -103,7 +103,8 @@ def main() -> int:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from gcd_jax.train import config_flags, sharding as sh, train_step as ts  # pylint: disable=g-import-not-at-top
+  from gcd_jax import config_flags  # pylint: disable=g-import-not-at-top
+  from gcd_jax.train import sharding as sh, train_step as ts  # pylint: disable=g-import-not-at-top
   from gcd_jax.train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   from gcd_jax.train.trainer import build_layouts  # pylint: disable=g-import-not-at-top
   cfg = config_flags.load_config(args.config)

@@ -35,12 +35,17 @@ from gcd_jax.diffusion.config import diffusion_config
 from gcd_jax.train.vae_fit import vae_fit_config
 
 
+STAGE_STEPS = {'1': 1000, '2': 1500}
+
+
 def get_config(arg: str | None = None):
-  a = parse_arg(arg, steps='1000', batch='8')
+  a = parse_arg(arg, stage='1', steps='', batch='8')
+  if a.stage not in ('1', '2'):
+    raise ValueError(f'configs/demo.py: stage=1 (from scratch) or stage=2 (from the stage-1 model), got {a.stage!r}')
   c = base_config()
   c.name = 'demo'
   c.seed = 0
-  c.total_steps = int(a.steps)
+  c.total_steps = int(a.steps or STAGE_STEPS[a.stage])
   c.batch_size = int(a.batch)
   c.model = models.get_config('demo')  # float32: bf16 convs are slow on XLA:CPU
   c.model.num_frames = 6
@@ -71,6 +76,12 @@ def get_config(arg: str | None = None):
   c.optim.warmup_steps = 200
   c.optim.grad_clip_norm = 1.0
   c.optim.ema_decay = 0.999  # kept for longer runs; too slow for 1000 steps (the packaged model is raw)
+  if a.stage == '2':
+    # Continues the stage-1 model (--config.init_checkpoint=its folder: network, VAE and CLIP) with a fresh
+    # optimiser: short warm-up, then a cosine decay of the learning rate to 0 over the run.
+    c.optim.warmup_steps = 50
+    c.optim.decay_steps = c.total_steps - c.optim.warmup_steps
+    c.optim.final_lr_fraction = 0.0
   c.checkpoint.every_steps = 250
   c.checkpoint.max_to_keep = 2
   c.log_every_steps = 25

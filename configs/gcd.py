@@ -41,6 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.batch_size = 28  # GLOBAL videos per step (reference: 4 per GPU × 7 GPUs)
   c.features = 'in_step'  # 'in_step' (CLIP + VAE encoder run in the step) | 'precomputed'
   c.init_checkpoint = ''  # `gcd-jax convert` output (SVD or GCD); '' = random init
+  c.resume_with_changes = False  # resuming a workdir with a different config is refused unless True
   c.init_missing = True  # camera layers absent from an SVD checkpoint are initialised fresh
 
   c.mesh = ml_collections.ConfigDict(dict(shape=(1, -1, 1), axes=('data', 'fsdp', 'tensor')))
@@ -51,7 +52,8 @@ def base_config() -> ml_collections.ConfigDict:
   ))
   c.optim = ml_collections.ConfigDict(dict(
       lr=2e-5, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, warmup_steps=0, grad_clip_norm=0.0,
-      ema_decay=0.0))  # EMA off, as GCD ("all without EMA")
+      ema_decay=0.0,  # EMA off, as GCD ("all without EMA")
+      decay_steps=0, final_lr_fraction=0.0))  # > 0: cosine decay after warm-up (the reference: constant)
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1250, max_to_keep=0, async_save=True))  # 0: keep all
   c.log_every_steps = 50
   c.profile = ml_collections.ConfigDict(dict(start_step=-1, num_steps=5))  # -1: no trace

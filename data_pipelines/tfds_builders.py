@@ -159,6 +159,13 @@ class _SceneFramesBuilder(tfds.core.GeneratorBasedBuilder):
     with _uncompressed_array_records():
       return super().download_and_prepare(*args, **kwargs)
 
+  # TFDS prints "Downloading and preparing dataset Unknown size ..." for every build; nothing is downloaded.
+  def _log_download_bytes(self) -> None:
+    print(f'[data] building {self.name}/{self.builder_config.name} in {self.data_dir}', flush=True)
+
+  def _log_download_done(self) -> None:
+    print(f'[data] {self.name}/{self.builder_config.name} is ready in {self.data_dir}', flush=True)
+
   # No download URLs. Overriding `code_path` also keeps TFDS from probing package resources through
   # `importlib_resources`, which tensorflow-datasets 4.9.10 uses but does not install on Python 3.11.
   @tfds.core.utils.classproperty

@@ -2,7 +2,12 @@
 
 Each subcommand lives in `gcd_jax/commands/<name>.py` exposing `add_arguments(parser)` and `run(args)`;
 they are imported lazily so that `gcd-jax --help` stays fast and a subcommand's heavy imports (torch for
-conversion, grain for data) are paid only when used.
+conversion, grain for data) are paid only when used. The module docstring of each command is its --help
+text (first line: summary; the indented lines: examples).
+
+Failures are one line on stderr, `gcd-jax COMMAND: error: WHAT (HOW TO FIX)`, with exit code 2 for usage
+errors (bad arguments, configs or inputs the user named) and 1 for runtime failures; `--debug` (anywhere on
+the line) or GCD_JAX_DEBUG=1 adds the traceback. Ctrl-C exits with 130 after the command's clean-up ran.
 """
 
 from __future__ import annotations
@@ -11,16 +16,32 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
+import warnings
 
 SUBCOMMANDS = {
-    'convert': 'Convert sgm / diffusers / GCD .ckpt PyTorch weights into an Orbax checkpoint.',
-    'export': 'Export an Orbax checkpoint back to sgm or diffusers safetensors.',
+    'convert': 'Convert sgm / diffusers / GCD .ckpt PyTorch weights into a gcd-jax model folder.',
+    'export': 'Export a gcd-jax model (or a training workdir) back to sgm or diffusers safetensors.',
     'data': 'Build or preview datasets (procedural, Kubric-4D, ParallelDomain-4D).',
     'train': 'Train GCD from a config (multi-host aware).',
     'demo': 'The one-command demo: the packaged demo model on held-out procedural scenes, with baselines.',
     'evaluate': 'Batch sampling evaluation with PSNR/SSIM/LPIPS/mIoU over a test split.',
     'sample': 'Generate a new camera view of your own video, image folder or image.',
 }
+# Commands whose arguments may include `--config.FIELD=VALUE` overrides of their --config file.
+CONFIG_COMMANDS = ('train', 'evaluate', 'sample', 'demo')
+
+
+class UsageError(ValueError):
+  """Bad arguments or inputs named by the user: exit code 2."""
+
+
+def version() -> str:
+  try:
+    from importlib.metadata import version as dist_version  # pylint: disable=g-import-not-at-top
+    return dist_version('gcd-jax')
+  except Exception:  # pylint: disable=broad-except
+    return 'unknown'
 
 
 def enable_compilation_cache() -> str:
@@ -36,8 +57,38 @@ def enable_compilation_cache() -> str:
   return os.environ['JAX_COMPILATION_CACHE_DIR']
 
 
+def quiet_library_noise() -> None:
+  """What users should not see. JAX registers an os.fork() warning; the only forks here are
+  subprocess's fork+exec of ffmpeg (imageio-ffmpeg sets a preexec_fn so Ctrl-C does not kill it mid-write),
+  which runs no Python in the child, so the warning is noise."""
+  warnings.filterwarnings('ignore', message=r'os\.fork\(\) was called', category=RuntimeWarning)
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  os.environ.setdefault('GRPC_VERBOSITY', 'ERROR')
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+  """Keeps the docstring's layout (examples) and appends each option's default."""
+
+
+class Parser(argparse.ArgumentParser):
+  """argparse with one-line errors (raised, so main() reports them like every other usage error)."""
+
+  def error(self, message):
+    raise UsageError(f'{message} (see {self.prog} --help)')
+
+
+def command_parser(name: str, module) -> Parser:
+  doc = (module.__doc__ or SUBCOMMANDS[name]).strip('\n')
+  parser = Parser(prog=f'gcd-jax {name}', description=doc, formatter_class=_Formatter)
+  module.add_arguments(parser)
+  parser.add_argument('--debug', action='store_true', help='show the traceback of an error (or GCD_JAX_DEBUG=1)')
+  return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog='gcd-jax', description=__doc__.splitlines()[0])
+  parser = Parser(prog='gcd-jax', description=__doc__.splitlines()[0],
+                  epilog='Run `gcd-jax COMMAND --help` for the options and examples of a command.')
+  parser.add_argument('--version', action='version', version=f'gcd-jax {version()}')
   sub = parser.add_subparsers(dest='command', metavar='COMMAND')
   for name, help_text in SUBCOMMANDS.items():
     p = sub.add_parser(name, help=help_text, description=help_text)
@@ -46,23 +97,78 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _message(e: BaseException) -> str:
+  text = ' '.join(str(e).split()) or type(e).__name__
+  if isinstance(e, KeyError) and e.args:
+    text = str(e.args[0])
+  return text if len(text) <= 600 else text[:560] + ' … (' + str(len(text)) + ' characters; --debug shows all)'
+
+
+def _usage_errors() -> tuple:
+  """Problems with what the user named (arguments, config, input files): exit code 2."""
+  from gcd_jax.commands.data import DataArgumentError  # pylint: disable=g-import-not-at-top
+  from gcd_jax.config_flags import ConfigError  # pylint: disable=g-import-not-at-top
+  from gcd_jax.convert.sources import WrongFormatError  # pylint: disable=g-import-not-at-top
+  from gcd_jax.evaluate.controls import ControlError  # pylint: disable=g-import-not-at-top
+  from gcd_jax.evaluate.inference import InputError  # pylint: disable=g-import-not-at-top
+  from gcd_jax.evaluate.media import MediaError  # pylint: disable=g-import-not-at-top
+  from gcd_jax.models.config import ConfigError as ModelConfigError  # pylint: disable=g-import-not-at-top
+  return (UsageError, ConfigError, DataArgumentError, ControlError, InputError, MediaError, ModelConfigError,
+          WrongFormatError)
+
+
+def _expected_errors() -> tuple:
+  """Failures with a message written for users: no 'unexpected' hint."""
+  return (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, KeyError,
+          FloatingPointError, MemoryError)
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  parser = build_parser()
-  if not argv or argv[0] in ('-h', '--help') or argv[0] not in SUBCOMMANDS:
-    parser.print_help() if not argv or argv[0] in ('-h', '--help') else parser.parse_args(argv)
-    return 0 if not argv or argv[0] in ('-h', '--help') else 2
-  name = argv[0]
-  enable_compilation_cache()
-  module = importlib.import_module(f'gcd_jax.commands.{name}')
-  sub = argparse.ArgumentParser(prog=f'gcd-jax {name}', description=SUBCOMMANDS[name])
-  module.add_arguments(sub)
-  args = sub.parse_args(argv[1:])
+  debug = '--debug' in argv or os.environ.get('GCD_JAX_DEBUG', '') not in ('', '0')
+  quiet_library_noise()
+  name = argv[0] if argv else ''
+  prog = f'gcd-jax {name}' if name in SUBCOMMANDS else 'gcd-jax'
   try:
+    if name not in SUBCOMMANDS:
+      parser = build_parser()
+      if not argv:
+        parser.print_help()
+        return 0
+      parser.parse_args(argv)  # --help / --version exit here; anything else is a usage error
+      raise UsageError(f'unknown command {name!r}; choose one of {", ".join(SUBCOMMANDS)}')
+    enable_compilation_cache()
+    module = importlib.import_module(f'gcd_jax.commands.{name}')
+    rest = argv[1:]
+    overrides = []
+    if name in CONFIG_COMMANDS:
+      from gcd_jax.config_flags import split_overrides  # pylint: disable=g-import-not-at-top
+      rest, overrides = split_overrides(rest)
+    args = command_parser(name, module).parse_args(rest)
+    args.overrides = overrides
     return int(module.run(args) or 0)
+  except SystemExit as e:  # --help, --version
+    return int(e.code or 0) if isinstance(e.code, int) or e.code is None else 2
   except KeyboardInterrupt:
-    print('interrupted', file=sys.stderr)
-    return 130
+    print(f'{prog}: interrupted', file=sys.stderr, flush=True)
+    _hard_exit(130)
+  except BaseException as e:  # pylint: disable=broad-except
+    usage = isinstance(e, _usage_errors())
+    hint = '' if usage or isinstance(e, _expected_errors()) else (
+        f' [unexpected {type(e).__name__}; rerun with --debug for the traceback and report it]')
+    if debug:
+      traceback.print_exc()
+    print(f'{prog}: error: {_message(e)}{hint}', file=sys.stderr, flush=True)
+    return 2 if usage else 1
+
+
+def _hard_exit(code: int) -> None:
+  """Leaves without interpreter teardown: after Ctrl-C, JAX's runtime threads may still be inside a
+  computation, and tearing the interpreter down under them crashes (segfault). The command's own clean-up
+  (staging folders, checkpoints) has already run in its finally blocks."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
 
 
 if __name__ == '__main__':

@@ -131,11 +131,9 @@ def ref(tmp_path_factory):
 
 
 def _cli_convert(fmt, src, out, *extra, config=CFG):
-  parser = __import__('argparse').ArgumentParser()
-  convert_cmd.add_arguments(parser)
-  args = parser.parse_args([src, '--from', fmt, '--config', config, '--out', str(out), '--no-progress',
-                            *extra])
-  return convert_cmd.run(args)
+  from gcd_jax import cli  # pylint: disable=g-import-not-at-top
+  return cli.main(['convert', str(src), '--from', fmt, '--config', config, '--out', str(out), '--no-progress',
+                   *extra])
 
 
 @pytest.fixture(scope='module')

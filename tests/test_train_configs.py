@@ -1,4 +1,4 @@
-"""Training presets (configs/gcd.py, configs/tiny.py) and the ml_collections-style override parser."""
+"""Training presets (configs/gcd.py, configs/tiny.py) and the one config loader (gcd_jax/config_flags.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import os
 
 import pytest
 
-from gcd_jax.commands.train import parse
-from gcd_jax.train import config_flags
+from gcd_jax import config_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,13 +45,32 @@ def test_pardom_presets():
     load('configs/gcd.py:dataset=kubric')
 
 
-def test_overrides_and_cli_parsing():
-  args = parse(['--config', 'configs/tiny.py:data=synthetic,steps=5', '--workdir', '/tmp/w',
-                '--config.optim.lr=1e-5', '--config.mesh.shape', '(2,-1,1)', '--config.checkpoint.async_save=false'])
-  c = config_flags.apply_overrides(load(args.config), args.overrides)
+def test_overrides_and_cli_parsing(tmp_path, monkeypatch):
+  rest, overrides = config_flags.split_overrides(
+      ['--workdir', '/tmp/w', '--config.optim.lr=1e-5', '--config.mesh.shape', '(2,-1,1)',
+       '--config.checkpoint.async_save=false'])
+  assert rest == ['--workdir', '/tmp/w']
+  c = config_flags.load_config('configs/tiny.py:data=synthetic,steps=5', overrides)
   assert c.total_steps == 5 and c.optim.lr == 1e-5 and tuple(c.mesh.shape) == (2, -1, 1)
   assert c.checkpoint.async_save is False and c.data.source == 'synthetic'
-  with pytest.raises(KeyError, match='no field'):
-    config_flags.apply_overrides(c, ['--config.optim.learning_rate=1'])
-  with pytest.raises(ValueError):
-    config_flags.apply_overrides(c, ['--config.total_steps=abc'])
+  with pytest.raises(config_flags.ConfigError, match='did you mean --config.optim.lr'):
+    config_flags.load_config('configs/tiny.py', ['--config.optim.lrr=1'])
+  with pytest.raises(config_flags.ConfigError, match='total_steps'):
+    config_flags.load_config('configs/tiny.py', ['--config.total_steps=abc'])
+  with pytest.raises(AttributeError):  # locked: a typo can never add a field
+    c.optim.learning_rate = 1.0
+  # Relative to the working directory first, then the installed package's configs/.
+  monkeypatch.chdir(tmp_path)
+  assert config_flags.load_config('configs/tiny.py').name == load('configs/tiny.py').name
+  (tmp_path / 'mine.py').write_text('from configs import tiny\n\ndef get_config(arg=None):\n'
+                                    '  c = tiny.get_config(arg)\n  c.total_steps = 7\n  return c\n')
+  assert config_flags.load_config('mine.py:steps=3').total_steps == 7
+
+
+def test_model_specs_share_the_loader():
+  model, train = config_flags.load_model_or_training('tiny')
+  assert train is None and 'unet' in model
+  model2, train2 = config_flags.load_model_or_training('configs/tiny.py:frames=3')
+  assert train2 is not None and model2.num_frames == 3
+  with pytest.raises(config_flags.ConfigError):
+    config_flags.load_model_or_training('configs/nope.py')

@@ -3,7 +3,10 @@
 * resume equivalence: a run SIGKILLed after step k's checkpoint is committed, then restarted on the same
   workdir, logs exactly (bit-identical on CPU) the losses of an uninterrupted run — params, Adam state, step,
   RNG key and the Grain iterator position all come back;
-* SIGTERM: the trainer saves the step it is at, waits for the commit and exits 143.
+* SIGTERM: the trainer saves the step it is at, waits for the commit and exits 143; SIGINT (Ctrl-C) the same
+  with exit code 130;
+* metrics.jsonl holds each step once after a resume;
+* resuming a finished workdir with a different config is refused (one line, exit 2, nothing rewritten).
 
 Tiny model, real GCD loss; the frozen CLIP/VAE features are precomputed (synthetic) here to keep compile time
 down — the in-step path is covered by test_train_step.py. All runs share a persistent XLA compilation cache.
@@ -11,6 +14,7 @@ down — the in-step path is covered by test_train_step.py. All runs share a per
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -64,6 +68,27 @@ def test_sigkill_then_resume_gives_identical_losses(tmp_path, cache, reference):
   assert sorted(losses) == list(range(1, 9))
   # Bit-identical, every step (those before the kill and those after the resume).
   assert losses == reference, (losses, reference)
+  logged = [json.loads(l)['step'] for l in open(os.path.join(wd, 'metrics.jsonl'))]
+  assert logged == sorted(set(logged)), logged  # each step once, although steps after step 4 ran twice
+
+
+def test_resume_with_another_config_is_refused(tmp_path, cache, reference):
+  del reference
+  wd = str(tmp_path / 'changed')
+  env = subprocess_env(8, cache)
+  r = subprocess.run(train_cmd(wd, CONFIG, OVERRIDES), env=env, capture_output=True, text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-3000:]
+  before = open(os.path.join(wd, 'config.json')).read()
+  r = subprocess.run(train_cmd(wd, CONFIG.replace('batch=8', 'batch=16'), OVERRIDES), env=env, capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 2, r.stderr[-3000:]
+  assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+  assert 'batch_size: 8 → 16' in r.stderr and 'resume_with_changes' in r.stderr
+  assert open(os.path.join(wd, 'config.json')).read() == before
+  # The user may insist; longer runs (total_steps) never need it.
+  r = subprocess.run(train_cmd(wd, CONFIG.replace('steps=8', 'steps=8'), OVERRIDES + ['--config.total_steps=8']),
+                     env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0 and 'already at step 8' in r.stdout, r.stderr[-2000:]
 
 
 def test_sigterm_saves_and_exits(tmp_path, cache, reference):
@@ -85,4 +110,26 @@ def test_sigterm_saves_and_exits(tmp_path, cache, reference):
   assert proc.returncode == 143, out[-3000:]
   steps = committed_steps(wd)
   assert len(steps) == 1 and steps[0] == max(read_losses(wd)), (steps, read_losses(wd))
-  assert 'preempted: checkpoint for step' in out
+  assert 'SIGTERM: checkpoint for step' in out
+
+
+def test_sigint_saves_like_sigterm(tmp_path, cache, reference):
+  del reference
+  wd = str(tmp_path / 'int')
+  env = subprocess_env(8, cache)
+  cmd = train_cmd(wd, CONFIG.replace('steps=8', 'steps=200'), OVERRIDES[:1] + ['--config.checkpoint.every_steps=1000'])
+  log_path = tmp_path / 'int.log'
+  with open(log_path, 'w') as log:
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+      wait_for(lambda: len(read_losses(wd)) >= 2, proc, 600, 'two training steps')
+      proc.send_signal(signal.SIGINT)
+      proc.wait(timeout=300)
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+  out = log_path.read_text()
+  assert proc.returncode == 130, out[-3000:]
+  steps = committed_steps(wd)
+  assert len(steps) == 1 and steps[0] == max(read_losses(wd)), (steps, read_losses(wd))
+  assert 'SIGINT: checkpoint for step' in out and 'Traceback' not in out

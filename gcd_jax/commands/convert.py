@@ -10,7 +10,6 @@ See gcd_jax/convert/convert.py for what is checked and gcd_jax/convert/checkpoin
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,16 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
   from gcd_jax.convert import convert as conv  # pylint: disable=g-import-not-at-top
-  from gcd_jax.convert.checkpoint_io import CheckpointError  # pylint: disable=g-import-not-at-top
-  from gcd_jax.convert.sources import WeightFileError  # pylint: disable=g-import-not-at-top
-  from gcd_jax.convert.torch_layout import WeightLoadError  # pylint: disable=g-import-not-at-top
-  try:
-    summary = conv.convert_checkpoint(args.fmt, args.src, args.config, args.out,
-                                      init_missing=args.init_missing, dtype=args.dtype,
-                                      seed=args.seed, progress=not args.no_progress,
-                                      config_spec=args.config)
-  except (WeightLoadError, WeightFileError, CheckpointError, FileNotFoundError, ValueError) as e:
-    print(f'gcd-jax convert: error: {e}', file=sys.stderr)
-    return 1
+  summary = conv.convert_checkpoint(args.fmt, args.src, args.config, args.out, init_missing=args.init_missing,
+                                    dtype=args.dtype, seed=args.seed, progress=not args.no_progress,
+                                    config_spec=args.config)
   print(summary.text())
   return 0

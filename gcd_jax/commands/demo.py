@@ -21,7 +21,6 @@ A second run reuses the data, the training checkpoint, the finished scenes and t
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -47,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--data-dir', default='',
                       help='TFDS data dir for procedural_4d/demo_eval (default WORKDIR/tensorflow_datasets)')
   parser.add_argument('--seed', type=int, default=0, help='sampling seed (default 0)')
+  parser.add_argument('--config', default='configs/demo.py',
+                      help='training config of the few demo steps (and its --config.FIELD=VALUE overrides)')
   parser.add_argument('--no-progress', action='store_true', help='no progress bars')
 
 
@@ -67,7 +68,7 @@ def run(args) -> int:
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()  # Grain reads absl flags
   from data_pipelines import tfds_builders  # pylint: disable=g-import-not-at-top
-  from gcd_jax.train import config_flags  # pylint: disable=g-import-not-at-top
+  from gcd_jax import config_flags  # pylint: disable=g-import-not-at-top
   seconds = {}
 
   # 1. data -----------------------------------------------------------------------------------------------
@@ -80,7 +81,7 @@ def run(args) -> int:
   seconds['data'] = time.perf_counter() - t0
 
   # 2. train a few steps from the demo model ---------------------------------------------------------------
-  config = config_flags.load_config('configs/demo.py')
+  config = config_flags.load_config(args.config, args.overrides)
   config.init_checkpoint = model
   config.data.data_dir = data_dir
   config.data.builder_config = 'demo_eval'
@@ -137,9 +138,8 @@ def run(args) -> int:
                          k.split('_')[0] in ('psnr', 'ssim') and math.isfinite(v['mean'])},
       seconds={k: round(v, 1) for k, v in seconds.items()}, video=video_path, strip=strip_path,
       eval_dir=eval_dir)
-  with open(os.path.join(workdir, '.demo_metrics.json.tmp'), 'w') as f:
-    json.dump(metrics, f, indent=1)
-  os.replace(os.path.join(workdir, '.demo_metrics.json.tmp'), os.path.join(workdir, 'demo_metrics.json'))
+  from gcd_jax import fileio  # pylint: disable=g-import-not-at-top
+  fileio.write_json(os.path.join(workdir, 'demo_metrics.json'), metrics)
   print(summary)
   m = lambda k: table[k]['mean']  # noqa: E731
   print(f'[demo] {len(results)} held-out scenes, frames where the camera has moved (1-{config.model.num_frames - 1}): '

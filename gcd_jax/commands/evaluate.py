@@ -14,7 +14,6 @@ r"""`gcd-jax evaluate`: batch sampling evaluation over a test split (see gcd_jax
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,19 +33,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--trajectory', default='',
                       help="trajectory preset of the checkpoint's training data ('kubric_gradual_max90', "
                            "'kubric_direct_max180', 'pardom_gradual'); default: the data config's")
-  parser.add_argument('--split', default='test')
+  parser.add_argument('--split', default='test', help='dataset split to evaluate')
   parser.add_argument('--list', dest='list_file', default='',
                       help='scene list (eval/list/*.txt: one path or name per line, # comments); default: '
                            'every scene of the split')
   parser.add_argument('--controls', dest='controls_file', default='',
                       help='control JSON (eval/list/*_controls*.json); default: seeded generated controls')
   parser.add_argument('--control-idx', type=int, default=0, help='which sample_XX entry of the controls')
-  parser.add_argument('--num-samples', type=int, default=2)
-  parser.add_argument('--steps', type=int, default=25)
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--guidance-min', type=float, default=1.0)
-  parser.add_argument('--guidance-max', type=float, default=1.5)
-  parser.add_argument('--cond-aug', type=float, default=0.02)
+  parser.add_argument('--num-samples', type=int, default=2, help='samples per scene (metrics average over them)')
+  parser.add_argument('--steps', type=int, default=25, help='Euler sampler steps (the reference: 25)')
+  parser.add_argument('--seed', type=int, default=0, help='noise seed (per scene and sample, reproducible)')
+  parser.add_argument('--guidance-min', type=float, default=1.0,
+                      help='classifier-free guidance scale at the first frame (linear to --guidance-max at the last)')
+  parser.add_argument('--guidance-max', type=float, default=1.5, help='guidance scale at the last frame')
+  parser.add_argument('--cond-aug', type=float, default=0.02,
+                      help='noise added to the conditioning frames (SVD cond_aug)')
   parser.add_argument('--decoding-t', type=int, default=14, help='frames decoded together by the VAE')
   parser.add_argument('--batch-size', type=int, default=0,
                       help='videos per sampler call (default: number of local devices); sharded over them')
@@ -60,17 +61,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--max-scenes', type=int, default=-1,
                       help='stop after this many newly evaluated scenes (rerun to resume)')
   parser.add_argument('--out', required=True, help='output folder (created; a rerun resumes)')
-  parser.add_argument('--no-progress', action='store_true')
+  parser.add_argument('--no-progress', action='store_true', help='no progress bar')
 
 
 def run(args: argparse.Namespace) -> int:
   from gcd_jax.evaluate import evaluate as ev  # pylint: disable=g-import-not-at-top
   from gcd_jax.train import workdir  # pylint: disable=g-import-not-at-top
-  try:
-    args.checkpoint = workdir.resolve_model(args.checkpoint, step=args.step, weights=args.weights)
-    summary = ev.evaluate_from_args(args)
-  except ev.EXPECTED_ERRORS as e:
-    print(f'gcd-jax evaluate: error: {e}', file=sys.stderr)
-    return 1
-  print(summary)
+  if args.overrides and not args.config:
+    raise ev.EvaluationError('--config.FIELD overrides need --config (the model or training config they modify)')
+  args.checkpoint = workdir.resolve_model(args.checkpoint, step=args.step, weights=args.weights)
+  print(ev.evaluate_from_args(args))
   return 0

@@ -216,6 +216,8 @@ def staging_dir(out_dir: str) -> str:
 
 
 def finalize(tmp_dir: str, out_dir: str) -> None:
+  from gcd_jax import fileio  # pylint: disable=g-import-not-at-top
+  fileio.set_default_mode(tmp_dir)  # mkdtemp made it 0700
   os.replace(tmp_dir, os.path.abspath(out_dir))
 
 

@@ -26,7 +26,6 @@ it differs, gcd_spec.md §6 item 4). Anything else unexpected is an error.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 import os
 import shutil
@@ -58,26 +57,12 @@ def np_dtype(name: str) -> np.dtype:
 
 
 def load_model_config(spec) -> ml_collections.ConfigDict:
-  """A model config from a spec: a ConfigDict, a bare preset (`gcd`), or `path.py[:arg]`."""
+  """A model config from a spec: a ConfigDict, a bare preset (`gcd`), or `path.py[:arg]` (a training config's
+  .model); one loader for every command (gcd_jax/config_flags.py)."""
   if isinstance(spec, ml_collections.ConfigDict):
     return spec
-  spec = str(spec)
-  path, sep, arg = spec.partition(':')
-  if not path.endswith('.py'):
-    from configs import models  # pylint: disable=g-import-not-at-top
-    return models.get_config(spec)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'--config {spec}: config file {path} does not exist')
-  mod_spec = importlib.util.spec_from_file_location(f'_gcd_cfg_{abs(hash(path))}', path)
-  module = importlib.util.module_from_spec(mod_spec)
-  mod_spec.loader.exec_module(module)
-  if not hasattr(module, 'get_config'):
-    raise ValueError(f'--config {spec}: {path} has no get_config(arg)')
-  cfg = module.get_config(arg if sep else None)
-  # A training / experiment config may nest the model config under `model`.
-  if 'unet' not in cfg and 'model' in cfg:
-    cfg = cfg.model
-  return cfg
+  from gcd_jax import config_flags  # pylint: disable=g-import-not-at-top
+  return config_flags.load_model_or_training(str(spec))[0]
 
 
 # ---------------------------------------------------------------------------------------------------

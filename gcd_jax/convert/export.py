@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 
 import jax
 import numpy as np
 from flax import nnx
 
+from gcd_jax import fileio
 from gcd_jax.convert import checkpoint_io, sgm_keys, sources
 from gcd_jax.convert.convert import expected_file_shapes, make_maps, np_dtype
 from gcd_jax.convert.torch_layout import leaf_specs
@@ -143,27 +142,22 @@ def _export_diffusers(cfg, produce, shapes, out_path, out_dtype, dtype, progress
   folders: dict[str, list[str]] = {}
   for k in sorted(shapes, key=lambda k: (order.index(k.split('/', 1)[0]), k)):
     folders.setdefault(k.split('/', 1)[0], []).append(k)
-  tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(out_path)}.', suffix='.partial',
-                         dir=os.path.dirname(out_path))
   bar = _bar(len(shapes), progress, 'export diffusers')
   total = 0
   try:
-    configs = diffusers_configs(cfg)
-    for folder, keys in folders.items():
-      os.makedirs(os.path.join(tmp, folder))
-      with open(os.path.join(tmp, folder, 'config.json'), 'w') as f:
-        json.dump(configs[folder], f, indent=2)
-      name = 'model.safetensors' if folder == 'image_encoder' else 'diffusion_pytorch_model.safetensors'
-      prefix = folder + '/'
-      total += sources.write_safetensors(
-          os.path.join(tmp, folder, name),
-          [(k[len(prefix):], shapes[k], out_dtype) for k in keys],
-          lambda key, prefix=prefix: produce(prefix + key), metadata={'format': 'pt'},
-          progress=bar.update if bar is not None else None)
-    os.replace(tmp, out_path)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+    with fileio.atomic_dir(out_path) as tmp:
+      configs = diffusers_configs(cfg)
+      for folder, keys in folders.items():
+        os.makedirs(os.path.join(tmp, folder))
+        with open(os.path.join(tmp, folder, 'config.json'), 'w') as f:
+          json.dump(configs[folder], f, indent=2)
+        name = 'model.safetensors' if folder == 'image_encoder' else 'diffusion_pytorch_model.safetensors'
+        prefix = folder + '/'
+        total += sources.write_safetensors(
+            os.path.join(tmp, folder, name),
+            [(k[len(prefix):], shapes[k], out_dtype) for k in keys],
+            lambda key, prefix=prefix: produce(prefix + key), metadata={'format': 'pt'},
+            progress=bar.update if bar is not None else None)
   finally:
     if bar is not None:
       bar.close()

@@ -19,7 +19,6 @@ import fnmatch
 import json
 import os
 import struct
-import tempfile
 import warnings
 from typing import Callable, Iterable, Mapping
 
@@ -155,25 +154,18 @@ def write_safetensors(path: str | os.PathLike, specs: Iterable[tuple[str, tuple[
     offset += n
   blob = json.dumps(header, separators=(',', ':')).encode()
   blob += b' ' * (-len(blob) % 8)  # 8-byte alignment of the data section, as safetensors does
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      f.write(struct.pack('<Q', len(blob)))
-      f.write(blob)
-      for key, shape, dt in specs:
-        a = np.asarray(produce(key))
-        if a.shape != shape:
-          raise ValueError(f'{key}: produced shape {a.shape}, header says {shape}')
-        f.write(memoryview(np.ascontiguousarray(a, dtype=dt).reshape(-1).view(np.uint8)))
-        del a
-        if progress is not None:
-          progress(1)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  from gcd_jax import fileio  # pylint: disable=g-import-not-at-top
+  with fileio.atomic_file(path) as tmp, open(tmp, 'wb') as f:
+    f.write(struct.pack('<Q', len(blob)))
+    f.write(blob)
+    for key, shape, dt in specs:
+      a = np.asarray(produce(key))
+      if a.shape != shape:
+        raise ValueError(f'{key}: produced shape {a.shape}, header says {shape}')
+      f.write(memoryview(np.ascontiguousarray(a, dtype=dt).reshape(-1).view(np.uint8)))
+      del a
+      if progress is not None:
+        progress(1)
   return 8 + len(blob) + offset
 
 
@@ -364,7 +356,40 @@ class DiffusersSource(Source):
       f.close()
 
 
+def sniff_format(path) -> str:
+  """What a weight file is by its first bytes: 'folder', 'safetensors' (u64 header length, then '{'),
+  'torch-zip' (torch.save's zip), 'pickle' (legacy torch.save) or 'unknown'."""
+  path = os.fspath(path)
+  if os.path.isdir(path):
+    return 'folder'
+  try:
+    with open(path, 'rb') as f:
+      head = f.read(9)
+  except OSError:
+    return 'unknown'
+  if head[:4] == b'PK\x03\x04':
+    return 'torch-zip'
+  if len(head) == 9 and head[8:9] == b'{' and 0 < struct.unpack('<Q', head[:8])[0] < 1 << 30:
+    return 'safetensors'
+  if head[:1] == b'\x80':
+    return 'pickle'
+  return 'unknown'
+
+
+class WrongFormatError(WeightFileError):
+  """The file is of another kind than --from says (a usage error)."""
+
+
+# The --from value that fits each sniffed kind (for the error message).
+_FITS = {'safetensors': 'sgm', 'torch-zip': 'gcd-ckpt', 'pickle': 'gcd-ckpt', 'folder': 'diffusers'}
+
+
 def open_source(kind: str, path) -> Source:
+  found = sniff_format(path) if os.path.exists(os.fspath(path)) else 'missing'
+  fits = _FITS.get(found)
+  if fits is not None and fits != kind:
+    raise WrongFormatError(f'{os.fspath(path)} is a {found} {"" if found == "folder" else "file"} but --from {kind} '
+                          f'was given; use --from {fits}')
   if kind == 'sgm':
     return SgmSource(path)
   if kind == 'gcd-ckpt':

@@ -52,20 +52,19 @@ class WeightLoadError(ValueError):
 
   def __init__(self, what: str, missing=(), unexpected=(), mismatched=(), hint: str = ''):
     self.missing, self.unexpected, self.mismatched = list(missing), list(unexpected), list(mismatched)
-    lines = [f'cannot load {what}:']
+    # One line, a few examples each: the full lists stay on the exception (missing / unexpected / mismatched).
+    shown = 3
+    more = lambda items: f' and {len(items) - shown} more' if len(items) > shown else ''  # noqa: E731
+    parts = []
     if self.missing:
-      lines.append(f'  {len(self.missing)} missing key(s): ' + ', '.join(self.missing[:40]) +
-                   (' ...' if len(self.missing) > 40 else ''))
+      parts.append(f'{len(self.missing)} missing key(s): {", ".join(self.missing[:shown])}{more(self.missing)}')
     if self.unexpected:
-      lines.append(f'  {len(self.unexpected)} unexpected key(s): ' + ', '.join(self.unexpected[:40]) +
-                   (' ...' if len(self.unexpected) > 40 else ''))
+      parts.append(f'{len(self.unexpected)} unexpected key(s): {", ".join(self.unexpected[:shown])}'
+                   f'{more(self.unexpected)}')
     if self.mismatched:
-      lines.append(f'  {len(self.mismatched)} shape mismatch(es) (key: file vs model): ' +
-                   ', '.join(f'{k}: {a} vs {b}' for k, a, b in self.mismatched[:40]) +
-                   (' ...' if len(self.mismatched) > 40 else ''))
-    if hint:
-      lines.append('  ' + hint)
-    super().__init__('\n'.join(lines))
+      parts.append(f'{len(self.mismatched)} shape mismatch(es) (key: file vs model): ' +
+                   ', '.join(f'{k}: {a} vs {b}' for k, a, b in self.mismatched[:shown]) + more(self.mismatched))
+    super().__init__(f'cannot load {what}: ' + '; '.join(parts) + (f'. {hint}' if hint else ''))
 
 
 def torch_key(path: tuple) -> str:

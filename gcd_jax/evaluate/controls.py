@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 
 import numpy as np
+
+from gcd_jax import fileio
 
 KUBRIC_FPS = 24
 PARDOM_FPS = 10
@@ -62,12 +63,7 @@ def load_controls(path: str) -> dict:
 
 
 def write_controls(path: str, controls: dict) -> None:
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix='.json', dir=d)
-  with os.fdopen(fd, 'w') as f:
-    json.dump(controls, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
+  fileio.write_json(path, controls, sort_keys=True)
 
 
 def control_for(controls: dict, scene: str, control_idx: int, kind: str) -> dict:

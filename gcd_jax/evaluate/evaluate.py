@@ -37,12 +37,12 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from typing import Callable, Sequence
 
 import numpy as np
 
+from gcd_jax import fileio
 from gcd_jax.evaluate import controls as controls_lib
 from gcd_jax.evaluate import media
 
@@ -88,19 +88,6 @@ class EvalSettings:
     return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _atomic_json(path: str, obj) -> None:
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix='.json', dir=d)
-  try:
-    with os.fdopen(fd, 'w') as f:
-      json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
 def _jsonable(x):
   """numpy → JSON (NaN/inf → None: JSON has no NaN)."""
   if isinstance(x, dict):
@@ -133,7 +120,7 @@ def check_run_folder(out_dir: str, settings: EvalSettings) -> None:
       raise EvaluationError(f'{out_dir} holds an evaluation with other settings {diff} (old, new); '
                             'use another --out, or the same settings to resume')
   else:
-    _atomic_json(path, {'version': RESULTS_VERSION, 'digest': settings.digest(),
+    fileio.write_json(path, {'version': RESULTS_VERSION, 'digest': settings.digest(),
                         'settings': dataclasses.asdict(settings)})
 
 
@@ -332,13 +319,9 @@ def write_reports(out_dir: str, results: list[dict], settings: EvalSettings | No
   base = baseline_table(table)
   if base:
     md += ['## Against baselines', ''] + base + ['']
-  with open(os.path.join(out_dir, '.results.md.tmp'), 'w') as f:
-    f.write('\n'.join(md))
-  os.replace(os.path.join(out_dir, '.results.md.tmp'), os.path.join(out_dir, 'results.md'))
-  with open(os.path.join(out_dir, '.results.csv.tmp'), 'w') as f:
-    f.write('\n'.join(csv) + '\n')
-  os.replace(os.path.join(out_dir, '.results.csv.tmp'), os.path.join(out_dir, 'results.csv'))
-  _atomic_json(os.path.join(out_dir, 'results.json'),
+  fileio.write_text(os.path.join(out_dir, 'results.md'), '\n'.join(md))
+  fileio.write_text(os.path.join(out_dir, 'results.csv'), '\n'.join(csv) + '\n')
+  fileio.write_json(os.path.join(out_dir, 'results.json'),
                _jsonable({'num_scenes': len(results), 'metrics': table}))
   for name, keys in (('psnr', ('psnr', 'psnr_vis', 'psnr_occ')), ('ssim', ('ssim', 'ssim_vis', 'ssim_occ'))):
     series = {k: list(table[k]['per_frame_mean']) for k in keys if k in table}
@@ -366,9 +349,8 @@ def write_scene(out_dir: str, scene: str, example: dict, samples01: np.ndarray, 
   videos = dict(input=example['input01'], samples=samples01, gt=example['gt01'])
   if example.get('reproject01') is not None:
     videos['reproject'] = example['reproject01']
-  tmp = os.path.join(d, '.videos.tmp.npz')
-  np.savez(tmp, **{k: media.to_uint8(v) for k, v in videos.items()})
-  os.replace(tmp, os.path.join(d, 'videos.npz'))
+  with fileio.atomic_file(os.path.join(d, 'videos.npz'), '.npz') as tmp:
+    np.savez(tmp, **{k: media.to_uint8(v) for k, v in videos.items()})
   frame = {k: frame_metrics[k] for k in FRAME_METRICS + BASELINE_METRICS if k in frame_metrics}
   scene_level = {k: frame_metrics[k] for k in SCENE_METRICS if k in frame_metrics}
   video = {f'mean_{k}': _video_means(v) for k, v in frame.items()}
@@ -383,7 +365,7 @@ def write_scene(out_dir: str, scene: str, example: dict, samples01: np.ndarray, 
   if 'iou_intersection' in frame_metrics:
     record['iou_counts'] = {'intersection': frame_metrics['iou_intersection'],
                             'union': frame_metrics['iou_union']}
-  _atomic_json(os.path.join(d, 'metrics.json'), _jsonable(record))
+  fileio.write_json(os.path.join(d, 'metrics.json'), _jsonable(record))
 
 
 # ------------------------------------------------------------------------------------------ the loop
@@ -619,7 +601,7 @@ def evaluate_from_args(args) -> str:
   if args.num_samples < 1 or args.steps < 1:
     raise EvaluationError('--num-samples and --steps must be ≥ 1')
   if args.config:
-    model_cfg, train_cfg = gen_lib.resolve_config(args.config)
+    model_cfg, train_cfg = gen_lib.resolve_config(args.config, getattr(args, 'overrides', ()))
   else:
     model_cfg, train_cfg = gen_lib.config_from_checkpoint(args.checkpoint)
   gen_lib.check_checkpoint_matches(args.checkpoint, model_cfg)
@@ -702,7 +684,7 @@ def evaluate_from_args(args) -> str:
                      progress=not args.no_progress, max_scenes=args.max_scenes)
   results = load_scene_results(args.out)
   table = write_reports(args.out, results, settings) if jax.process_index() == 0 else {}
-  _atomic_json(os.path.join(args.out, f'progress_host{jax.process_index()}.json'),
+  fileio.write_json(os.path.join(args.out, f'progress_host{jax.process_index()}.json'),
                dataclasses.asdict(stats))
   lines = [f'evaluated {len(stats.computed)} scenes ({len(stats.skipped)} already done) in '
            f'{stats.seconds:.1f}s; {len(results)} finished scenes in {args.out}']

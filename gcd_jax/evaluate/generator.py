@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from typing import Sequence
 
 import jax
@@ -29,46 +28,10 @@ class ModelConfigError(ValueError):
   """--config does not fit the checkpoint (or is not a model/training config)."""
 
 
-def _load_config_file(path: str, arg: str | None):
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(f'_gcd_cfg_{abs(hash(path))}', path)
-  if spec is None or spec.loader is None:
-    raise ModelConfigError(f'cannot import config file {path}')
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  if not hasattr(mod, 'get_config'):
-    raise ModelConfigError(f'{path} has no get_config()')
-  return mod.get_config(arg) if arg else mod.get_config()
-
-
-def resolve_config(spec: str):
-  """--config → (model config, training config or None).
-
-  spec: a model preset ('tiny', 'gcd,dtype=bfloat16'), 'configs/models.py:PRESET', or a training config
-  'configs/gcd.py[:ARG]' whose get_config returns a ConfigDict with `.model` (and usually `.data`).
-  """
-  path, _, arg = spec.partition(':')
-  if path.endswith('.py'):
-    if not os.path.exists(path):
-      raise ModelConfigError(f'config file {path} not found')
-    if os.path.basename(path) == 'models.py':
-      from configs import models  # pylint: disable=g-import-not-at-top
-      return models.get_config(arg or None), None
-    cfg = _load_config_file(path, arg or None)
-    if 'model' in cfg:
-      model = cfg.model
-      if isinstance(model, str):
-        from configs import models  # pylint: disable=g-import-not-at-top
-        model = models.get_config(model)
-      return model, cfg
-    if 'unet' in cfg:
-      return cfg, None
-    raise ModelConfigError(f'{spec}: neither a model config (.unet) nor a training config (.model)')
-  from configs import models  # pylint: disable=g-import-not-at-top
-  try:
-    return models.get_config(spec), None
-  except ValueError as e:
-    raise ModelConfigError(str(e)) from e
+def resolve_config(spec: str, overrides=()):
+  """--config → (model config, training config or None); see gcd_jax/config_flags.py."""
+  from gcd_jax import config_flags  # pylint: disable=g-import-not-at-top
+  return config_flags.load_model_or_training(spec, overrides)
 
 
 def config_from_checkpoint(ckpt_dir: str):

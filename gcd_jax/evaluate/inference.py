@@ -23,6 +23,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 
 import numpy as np
 
@@ -191,6 +192,29 @@ def prepare_input(spec: InputSpec) -> np.ndarray:
   return center_crop_resize(frames, spec.frame_width, spec.frame_height, spec.center_crop)
 
 
+# Beyond these a camera delta is meaningless on GCD's orbit (a full turn; over the pole) or a typo.
+DELTA_LIMITS = ((-360.0, 360.0), (-90.0, 90.0), (-100.0, 100.0))
+
+
+def check_camera_request(delta, traj_cfg, *, motion_bucket: int | None = None, warn=None) -> list[str]:
+  """Usage errors (InputError) for deltas no model can mean and motion buckets outside SVD's 0–255; a warning
+  (returned, and passed to `warn`) for deltas outside the range the checkpoint was trained on."""
+  names = ('--azimuth', '--elevation', '--radius')
+  delta = [float(d) for d in delta]
+  for name, d, (lo, hi) in zip(names, delta, DELTA_LIMITS):
+    if not math.isfinite(d) or not lo <= d <= hi:
+      raise InputError(f'{name} {d:g} is outside [{lo:g}, {hi:g}] (Δ in degrees / metres relative to the input '
+                       'camera); GCD models are trained within ±180° azimuth, ±60° elevation, ±3 m')
+  if motion_bucket is not None and not 0 <= int(motion_bucket) <= 255:
+    raise InputError(f'--motion-id {motion_bucket} must be in 0–255 (SVD\'s motion bucket embedding)')
+  trained = (traj_cfg.delta_azimuth_range, traj_cfg.delta_elevation_range, traj_cfg.delta_radius_range)
+  warnings = [f'{name} {d:g} is outside the range this model was trained on [{lo:g}, {hi:g}]; expect a poor result'
+              for name, d, (lo, hi) in zip(names, delta, trained) if not lo <= d <= hi]
+  for w in warnings:
+    (warn or (lambda m: None))(w)
+  return warnings
+
+
 def camera_conditioning(delta, num_frames: int, *, gradual: bool, traj_cfg, motion_bucket: int = 127,
                         force_motion_bucket: bool = False) -> dict:
   """`eval_utils.construct_batch` camera part: → scaled_relative_angles [T, 3], motion_bucket_id, plus the
@@ -207,6 +231,7 @@ def camera_conditioning(delta, num_frames: int, *, gradual: bool, traj_cfg, moti
   if not force_motion_bucket and hi - lo > 0:
     mb = trajectory.motion_bucket_id(start, delta, traj_cfg.delta_azimuth_range,
                                      traj_cfg.delta_elevation_range, traj_cfg.motion_bucket_range)
+    mb = int(np.clip(mb, lo, hi))  # a delta beyond the trained range maps past the buckets the model saw
   return {'scaled_relative_angles': trajectory.relative_angles(src, dst), 'motion_bucket_id': mb,
           'spherical_src': src, 'spherical_dst': dst}
 
@@ -267,20 +292,11 @@ def save_outputs(out_dir: str, input01: np.ndarray, samples01: np.ndarray, *, fr
                  spherical_dst: np.ndarray, info: dict) -> dict:
   """input.mp4, sample_{k}.mp4, side_by_side.mp4, trajectory.png, info.json in out_dir (written to a
   staging folder next to it and renamed at the end: no partial output folder)."""
-  import shutil  # pylint: disable=g-import-not-at-top
-  import tempfile  # pylint: disable=g-import-not-at-top
+  from gcd_jax import fileio  # pylint: disable=g-import-not-at-top
   final = os.path.abspath(out_dir)
-  os.makedirs(os.path.dirname(final), exist_ok=True)
-  out_dir = tempfile.mkdtemp(prefix=f'.{os.path.basename(final)}.', suffix='.partial', dir=os.path.dirname(final))
-  try:
-    files = _write_outputs(out_dir, input01, samples01, frame_rate=frame_rate, spherical_dst=spherical_dst,
+  with fileio.atomic_dir(final) as staging:
+    files = _write_outputs(staging, input01, samples01, frame_rate=frame_rate, spherical_dst=spherical_dst,
                            info=info)
-    if os.path.isdir(final) and not os.listdir(final):
-      os.rmdir(final)
-    os.replace(out_dir, final)
-  except BaseException:
-    shutil.rmtree(out_dir, ignore_errors=True)
-    raise
   return {k: os.path.join(final, os.path.basename(v)) for k, v in files.items()}
 
 
@@ -308,7 +324,6 @@ def uncertainty(samples01: np.ndarray) -> float:
 
 def sample_from_args(args) -> str:
   """The `gcd-jax sample` job: validate everything, then load the model and sample."""
-  from gcd_jax.convert import checkpoint_io  # pylint: disable=g-import-not-at-top
   from gcd_jax.evaluate import evaluate as ev  # pylint: disable=g-import-not-at-top
   from gcd_jax.evaluate import generator as gen_lib  # pylint: disable=g-import-not-at-top
   from gcd_jax.geometry import trajectory  # pylint: disable=g-import-not-at-top
@@ -321,7 +336,7 @@ def sample_from_args(args) -> str:
   if args.frame_rate < 1:
     raise InputError('--frame-rate must be ≥ 1 (the FPS after subsampling)')
   if args.config:
-    model_cfg, train_cfg = gen_lib.resolve_config(args.config)
+    model_cfg, train_cfg = gen_lib.resolve_config(args.config, getattr(args, 'overrides', ()))
   else:
     model_cfg, train_cfg = gen_lib.config_from_checkpoint(args.checkpoint)
   gen_lib.check_checkpoint_matches(args.checkpoint, model_cfg)
@@ -339,6 +354,9 @@ def sample_from_args(args) -> str:
                                     else 'kubric_gradual_max90')
   traj_cfg = trajectory.trajectory_config(traj_preset)
   traj_cfg.num_frames = t
+  check_camera_request((args.azimuth, args.elevation, args.radius), traj_cfg,
+                       motion_bucket=args.motion_id,
+                       warn=lambda m: print(f'gcd-jax sample: warning: {m}', file=sys.stderr, flush=True))
   cam = camera_conditioning((args.azimuth, args.elevation, args.radius), t, gradual=args.gradual,
                             traj_cfg=traj_cfg, motion_bucket=args.motion_id,
                             force_motion_bucket=args.force_custom_mbid)

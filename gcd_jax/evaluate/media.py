@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from gcd_jax import fileio
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tiff', '.tif', '.webp')
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.flv', '.mkv', '.webm', '.gif')
@@ -29,14 +30,6 @@ def to_uint8(frames) -> np.ndarray:
   return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def _atomic_target(path: str, suffix: str):
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix=suffix, dir=d)
-  os.close(fd)
-  return tmp
-
-
 def write_mp4(path: str, frames, fps: float) -> str:
   """frames [T, H, W, 3] → H.264 mp4 (imageio-ffmpeg). H and W are padded with black up to multiples of
   16 (codec macro blocks) rather than resized, so pixels stay untouched."""
@@ -46,38 +39,24 @@ def write_mp4(path: str, frames, fps: float) -> str:
   ph, pw = (-h) % 16, (-w) % 16  # macro blocks; pad (not resize) so pixels stay untouched
   if ph or pw:
     f = np.pad(f, ((0, 0), (0, ph), (0, pw), (0, 0)))
-  tmp = _atomic_target(path, '.mp4')
-  try:
-    imageio.mimwrite(tmp, list(f), format='FFMPEG', fps=float(fps), macro_block_size=16, quality=8)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  with fileio.atomic_file(path, '.mp4') as tmp:
+    imageio.mimwrite(tmp, list(f), format='FFMPEG', fps=float(fps), macro_block_size=16, quality=8,
+                     ffmpeg_log_level='error')
   return path
 
 
 def write_gif(path: str, frames, fps: float) -> str:
   f = to_uint8(frames)
   images = [Image.fromarray(x) for x in f]
-  tmp = _atomic_target(path, '.gif')
-  try:
+  with fileio.atomic_file(path, '.gif') as tmp:
     images[0].save(tmp, format='GIF', save_all=True, append_images=images[1:],
                    duration=int(round(1000.0 / max(fps, 1e-3))), loop=0)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
   return path
 
 
 def write_png(path: str, image) -> str:
-  tmp = _atomic_target(path, '.png')
-  try:
+  with fileio.atomic_file(path, '.png') as tmp:
     Image.fromarray(to_uint8(image)).save(tmp, format='PNG')
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
   return path
 
 
@@ -172,13 +151,8 @@ def line_plot(path: str, series: dict[str, Sequence[float]], *, title: str, xlab
       d.ellipse([x - 2, y - 2, x + 2, y + 2], fill=col)
     d.line([left + pw + 10, top + 10 + 16 * j, left + pw + 30, top + 10 + 16 * j], fill=col, width=3)
     d.text((left + pw + 34, top + 4 + 16 * j), name, fill=(0, 0, 0), font=font)
-  tmp = _atomic_target(path, '.png')
-  try:
+  with fileio.atomic_file(path, '.png') as tmp:
     img.save(tmp, format='PNG')
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
   return path
 
 
@@ -214,9 +188,19 @@ def count_and_size(path: str) -> tuple[int | None, tuple[int, int]]:
     n = reader.count_frames() if hasattr(reader, 'count_frames') else len(reader)
     reader.close()
   except Exception as e:
-    raise MediaError(f'cannot read video {path}: {e}. Give an mp4/avi/mov/webm/gif file readable by '
+    raise MediaError(f'cannot read video {path}: {_reason(e)}. Give an mp4/avi/mov/webm/gif file readable by '
                      'imageio-ffmpeg, an image folder, or one image') from e
   return int(n), first.shape[:2]
+
+
+def _reason(e: Exception) -> str:
+  """ffmpeg's errors carry its whole banner (version, build flags, stream dump): keep the diagnosis, its
+  last line (e.g. 'Invalid data found when processing input')."""
+  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+  if not lines:
+    return type(e).__name__
+  last = lines[-1]
+  return last if len(lines) == 1 else f'{last} (ffmpeg)'
 
 
 def image_files(folder: str) -> list[str]:
@@ -247,7 +231,7 @@ def read_frames(path: str, frame_indices: Sequence[int]) -> np.ndarray:
         break
     reader.close()
   except Exception as e:
-    raise MediaError(f'cannot read video {path}: {e}') from e
+    raise MediaError(f'cannot read video {path}: {_reason(e)}') from e
   missing = sorted(wanted - set(got))
   if missing:
     raise MediaError(f'{path}: frames {missing[:5]}... not found (video has fewer frames)')

@@ -64,22 +64,33 @@ def restore(manager: ocp.CheckpointManager, abstract_state, spec_tree, mesh, dat
 
 
 class Preemption:
-  """SIGTERM → `requested` flag (checked by the loop after each step; the handler itself does no I/O)."""
+  """SIGTERM or SIGINT (Ctrl-C) → `requested` flag, checked by the loop after each step, which then saves a
+  checkpoint and exits (the handler itself does no I/O beyond one line). A second SIGINT aborts at once
+  (KeyboardInterrupt: nothing more is saved). `signal_name` says which signal asked."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.requested = False
-    self._old = None
+    self.signal_name = ''
+    self._old = {}
 
   def install(self):
     def handler(signum, frame):
       del frame
+      if self.requested and signum == signal.SIGINT:
+        raise KeyboardInterrupt
       self.requested = True
-      print(f'[gcd-jax train] signal {signum} received: saving a checkpoint after this step, then exiting',
+      self.signal_name = signal.Signals(signum).name
+      more = '; Ctrl-C again aborts without saving' if signum == signal.SIGINT else ''
+      print(f'[train] {self.signal_name} received: saving a checkpoint after this step, then exiting{more}',
             flush=True)
-    self._old = signal.signal(signal.SIGTERM, handler)
+    import threading  # pylint: disable=g-import-not-at-top
+    if threading.current_thread() is threading.main_thread():  # signal handlers live on the main thread
+      self._old = {s: signal.signal(s, handler) for s in self.SIGNALS}
     return self
 
   def uninstall(self):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
-      self._old = None
+    for s, old in self._old.items():
+      signal.signal(s, old)
+    self._old = {}

@@ -43,10 +43,30 @@ def compiled_memory(compiled) -> dict:
   return out
 
 
+def truncate_after(path: str, step: int) -> None:
+  """Drops the lines of a metrics.jsonl whose step is > step (atomically; no-op when there are none)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  keep = []
+  for line in lines:
+    try:
+      if int(json.loads(line)['step']) <= step:
+        keep.append(line)
+    except (ValueError, KeyError, TypeError):
+      continue  # a torn last line of a killed run
+  if len(keep) != len(lines):
+    from gcd_jax import fileio  # pylint: disable=g-import-not-at-top
+    fileio.write_text(path, ''.join(keep))
+
+
 class MetricWriter:
   """Scalars to TensorBoard (W/tb) and W/metrics.jsonl; progress to stdout. No-op on processes ≠ 0."""
 
-  def __init__(self, workdir: str, *, enabled: bool | None = None):
+  def __init__(self, workdir: str, *, enabled: bool | None = None, start_step: int = 0):
+    """start_step: the step training (re)starts from. Lines logged after it by an earlier, interrupted
+    run are dropped, so that metrics.jsonl holds each step once after any resume."""
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._tb = None
     self._jsonl = None
@@ -54,7 +74,9 @@ class MetricWriter:
       os.makedirs(workdir, exist_ok=True)
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(os.path.join(workdir, 'tb'))
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      path = os.path.join(workdir, 'metrics.jsonl')
+      truncate_after(path, start_step)
+      self._jsonl = open(path, 'a')
 
   def write(self, step: int, scalars: dict) -> None:
     if not self.enabled:

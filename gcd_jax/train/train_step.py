@@ -116,11 +116,15 @@ class _nullcontext:  # noqa: N801
 # ----------------------------------------------------------------------------------------------- optimizer
 
 def learning_rate_schedule(optim: ml_collections.ConfigDict) -> optax.Schedule:
-  """Constant lr (the reference, §3) with an optional linear warmup from 0."""
+  """Constant lr (the reference, §3) with an optional linear warmup from 0 and, when optim.decay_steps > 0,
+  a cosine decay to lr·final_lr_fraction over the decay_steps after the warm-up (then held there)."""
+  decay_steps = int(optim.get('decay_steps', 0))
+  after = (optax.cosine_decay_schedule(optim.lr, decay_steps, alpha=float(optim.get('final_lr_fraction', 0.0)))
+           if decay_steps > 0 else optax.constant_schedule(optim.lr))
   if optim.warmup_steps > 0:
-    return optax.join_schedules([optax.linear_schedule(0.0, optim.lr, optim.warmup_steps),
-                                 optax.constant_schedule(optim.lr)], [optim.warmup_steps])
-  return optax.constant_schedule(optim.lr)
+    return optax.join_schedules([optax.linear_schedule(0.0, optim.lr, optim.warmup_steps), after],
+                                [optim.warmup_steps])
+  return after
 
 
 def make_optimizer(optim: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:

@@ -13,7 +13,6 @@ position), onto the current mesh whatever the device count.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -150,7 +149,32 @@ def save_frozen(config, workdir: str, layouts: dict, params: dict, frozen: dict)
 
 
 def check_config(config):
+  """Ranges and consistency, before anything is compiled or written (ValueError names the field and fix)."""
   from gcd_jax.models.config import validate_model_config  # pylint: disable=g-import-not-at-top
+  o = config.optim
+  checks = [
+      (config.batch_size > 0, f'config.batch_size={config.batch_size}: must be > 0 (videos per step, global)'),
+      (config.total_steps >= 0, f'config.total_steps={config.total_steps}: must be ≥ 0'),
+      (o.lr > 0, f'config.optim.lr={o.lr}: the learning rate must be > 0 (the reference uses 2e-5)'),
+      (0 <= o.b1 < 1 and 0 <= o.b2 < 1, f'config.optim.b1/b2={o.b1}/{o.b2}: Adam betas must be in [0, 1)'),
+      (o.eps > 0, f'config.optim.eps={o.eps}: must be > 0'),
+      (o.warmup_steps >= 0, f'config.optim.warmup_steps={o.warmup_steps}: must be ≥ 0'),
+      (o.grad_clip_norm >= 0, f'config.optim.grad_clip_norm={o.grad_clip_norm}: must be ≥ 0 (0 = off)'),
+      (0 <= o.ema_decay < 1, f'config.optim.ema_decay={o.ema_decay}: must be in [0, 1) (0 = no EMA)'),
+      (o.get('decay_steps', 0) >= 0, f'config.optim.decay_steps={o.get("decay_steps")}: must be ≥ 0 (0 = constant)'),
+      (config.log_every_steps > 0, f'config.log_every_steps={config.log_every_steps}: must be > 0'),
+      (config.checkpoint.every_steps >= 0, f'config.checkpoint.every_steps={config.checkpoint.every_steps}: '
+       'must be ≥ 0 (0 = only at the end)'),
+      (config.data.height > 0 and config.data.width > 0 and config.data.num_frames > 0,
+       f'config.data: height, width and num_frames must be > 0 (got {config.data.height}, {config.data.width}, '
+       f'{config.data.num_frames})'),
+      (config.features in ('in_step', 'precomputed'),
+       f"config.features={config.features!r}: choose 'in_step' or 'precomputed'"),
+  ]
+  from gcd_jax.config_flags import ConfigError  # pylint: disable=g-import-not-at-top
+  for ok, message in checks:
+    if not ok:
+      raise ConfigError(message)
   validate_model_config(config.model)
   if config.data.get('output_modality', 'rgb') == 'semantic' and config.data.dataset != 'pardom_4d':
     raise ValueError(f'data.output_modality=semantic needs ParallelDomain-4D (class labels); got data.dataset='
@@ -159,21 +183,97 @@ def check_config(config):
     raise ValueError(f'model.num_frames={config.model.num_frames} != data.num_frames={config.data.num_frames}')
 
 
+# Fields that may change when a run is resumed (how long, how often to log / save / preview, where the
+# data lives); any other difference is refused unless config.resume_with_changes.
+RESUMABLE_CHANGES = ('total_steps', 'log_every_steps', 'checkpoint.', 'preview.', 'profile.', 'data.data_dir',
+                     'data.manual_dir', 'data.num_threads', 'data.num_workers', 'data.prefetch_buffer_size',
+                     'peak_tflops_per_device', 'resume_with_changes')
+
+
+def _flat(d, prefix=''):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def config_changes(old: dict, new: dict) -> list[str]:
+  """'field: old → new' for every field that differs (ignoring RESUMABLE_CHANGES)."""
+  import json  # pylint: disable=g-import-not-at-top
+  a, b = _flat(old), _flat(json.loads(json.dumps(new, default=str)))
+  out = []
+  for k in sorted(set(a) | set(b)):
+    if any(k == p or (p.endswith('.') and k.startswith(p)) for p in RESUMABLE_CHANGES):
+      continue
+    if a.get(k, '<absent>') != b.get(k, '<absent>'):
+      out.append(f'{k}: {a.get(k, "<absent>")!r} → {b.get(k, "<absent>")!r}')
+  return out
+
+
+def check_resume(config, workdir: str) -> None:
+  """A workdir with checkpoints resumes only with the config it was started with (see RESUMABLE_CHANGES)."""
+  import json  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, 'config.json')
+  ckpts = os.path.join(workdir, 'checkpoints')
+  if not (os.path.exists(path) and os.path.isdir(ckpts) and os.listdir(ckpts)):
+    return
+  with open(path) as f:
+    old = json.load(f)
+  changes = config_changes(old, json.loads(config.to_json_best_effort()))
+  if changes and not config.get('resume_with_changes', False):
+    from gcd_jax.config_flags import ConfigError  # pylint: disable=g-import-not-at-top
+    shown = '; '.join(changes[:6]) + (f'; and {len(changes) - 6} more' if len(changes) > 6 else '')
+    raise ConfigError(f'{workdir} was trained with another config ({shown}); use a new --workdir, or resume with '
+                     'these changes on purpose with --config.resume_with_changes=true')
+
+
+def ensure_dataset(config, log=print) -> None:
+  """The TFDS dataset the config reads: built now when it is generated (procedural_4d), else an error that
+  names the build command (Kubric-4D / ParallelDomain-4D need their downloaded files)."""
+  d = config.data
+  if d.get('source', 'tfds') != 'tfds':
+    return
+  from data_pipelines import tfds_builders  # pylint: disable=g-import-not-at-top
+  builder = tfds_builders.get_builder(d.dataset, data_dir=d.data_dir, config=d.builder_config)
+  if builder.is_prepared():
+    return
+  if d.dataset == 'procedural_4d' and not d.get('manual_dir'):
+    if jax.process_count() > 1:
+      raise FileNotFoundError(f'{d.dataset}/{d.builder_config} is not built in {d.data_dir}; build it once with '
+                              f'`gcd-jax data build {d.dataset} --config {d.builder_config} --data-dir {d.data_dir}`')
+    log(f'[train] building the dataset {d.dataset}/{d.builder_config} in {d.data_dir} (first use)')
+    tfds_builders.build(d.dataset, data_dir=d.data_dir, config=d.builder_config)
+    return
+  raise FileNotFoundError(
+      f'{d.dataset}/{d.builder_config} is not built in {d.data_dir}; build it with `gcd-jax data build '
+      f'{d.dataset} --config {d.builder_config} --manual-dir DOWNLOADED_FOLDER --data-dir {d.data_dir}` '
+      '(or set --config.data.data_dir to where it is built)')
+
+
 def train(config, workdir: str, *, log=None) -> dict:
   """Runs (or resumes) training to config.total_steps. → summary dict (final step, last metrics, timings)."""
   log = log or (lambda *a: print(*a, flush=True))  # flushed: logs are often redirected to files
+  # Everything that can be wrong with the request is checked before the first file is written.
   check_config(config)
+  mesh = sh.make_mesh(config.mesh.shape, config.mesh.axes)
+  if config.batch_size % sh.batch_divisor(mesh):
+    from gcd_jax.config_flags import ConfigError  # pylint: disable=g-import-not-at-top
+    d = sh.batch_divisor(mesh)
+    raise ConfigError(f'config.batch_size={config.batch_size} must be a multiple of {d}, the data-parallel size '
+                     f'of the mesh {dict(mesh.shape)} over {jax.device_count()} devices; use e.g. '
+                     f'--config.batch_size={max(d, config.batch_size // d * d)}')
+  check_resume(config, workdir)
+  ensure_dataset(config, log)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   if is_main:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=1))
+    from gcd_jax import fileio  # pylint: disable=g-import-not-at-top
+    fileio.write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=1))
 
   # ---------------------------------------------------------------------------------------------- mesh
-  mesh = sh.make_mesh(config.mesh.shape, config.mesh.axes)
-  if config.batch_size % sh.batch_divisor(mesh):
-    raise ValueError(f'batch_size {config.batch_size} must be a multiple of data×fsdp = {sh.batch_divisor(mesh)} '
-                     f'(mesh {dict(mesh.shape)})')
   log(f'[train] {jax.process_count()} process(es), {jax.device_count()} devices, mesh {dict(mesh.shape)}')
 
   # --------------------------------------------------------------------------------------------- input
@@ -226,7 +326,7 @@ def train(config, workdir: str, *, log=None) -> dict:
       f'{flops / 1e9:.3f} GFLOP per device per step (XLA cost analysis)')
 
   # ---------------------------------------------------------------------------------------- checkpoint
-  writer = metrics_lib.MetricWriter(workdir)
+  writer = metrics_lib.MetricWriter(workdir, start_step=start)
   throughput = metrics_lib.Throughput(flops, config.batch_size, config.peak_tflops_per_device)
   preemption = ckpt_lib.Preemption().install()
   every = config.checkpoint.every_steps
@@ -268,8 +368,9 @@ def train(config, workdir: str, *, log=None) -> dict:
         ckpt_lib.save(manager, step, state, data_iter, force=True)
       if preemption.requested:
         manager.wait_until_finished()
-        log(f'[train] preempted: checkpoint for step {step} committed; exiting')
-        status = 'preempted'
+        log(f'[train] {preemption.signal_name}: checkpoint for step {step} committed; exiting (rerun the same '
+            'command to resume)')
+        status = 'interrupted' if preemption.signal_name == 'SIGINT' else 'preempted'
         break
       maybe_preview(step)
       if step < config.total_steps:
@@ -317,15 +418,8 @@ def write_preview(config, net_layout, frozen_layouts, params, frozen, batch, mes
 
 def write_side_by_side(path: str, inputs, generated, target, fps: int = 4) -> None:
   """inputs/target [B, T, H, W, 3] in [-1, 1], generated in [0, 1] → mp4 of rows input | generated | target."""
-  import imageio.v2 as imageio  # pylint: disable=g-import-not-at-top
+  from gcd_jax.evaluate import media  # pylint: disable=g-import-not-at-top
   to01 = lambda v: np.clip((np.asarray(v) + 1.0) / 2.0, 0, 1)  # noqa: E731
   grid = np.concatenate([to01(inputs), np.asarray(generated), to01(target)], axis=3)  # along width
   grid = np.concatenate(list(grid), axis=1)  # videos stacked vertically: [T, B·H, 3W, 3]
-  frames = (grid * 255).round().astype(np.uint8)
-  h, w = frames.shape[1:3]
-  pad = ((0, 0), (0, (-h) % 16), (0, (-w) % 16), (0, 0))  # codec-friendly size (macro blocks)
-  frames = np.pad(frames, pad)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + '.tmp.mp4'
-  imageio.mimwrite(tmp, list(frames), fps=fps, macro_block_size=1)
-  os.replace(tmp, path)
+  media.write_mp4(path, grid, fps=fps)
