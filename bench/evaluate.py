@@ -40,7 +40,7 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
 
   import jax  # pylint: disable=g-import-not-at-top
-  from configs import models  # pylint: disable=g-import-not-at-top
+  from gcd_jax.models import presets as models  # pylint: disable=g-import-not-at-top
   from data_pipelines import tfds_builders  # pylint: disable=g-import-not-at-top
   from gcd_jax import cli  # pylint: disable=g-import-not-at-top
   from gcd_jax.evaluate import generator  # pylint: disable=g-import-not-at-top

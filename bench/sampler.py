@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from flax import nnx
 
-from configs import models
+from gcd_jax.models import presets as models
 from gcd_jax.convert.diffusers import diffusers_unet_config
 from gcd_jax.convert.torch_layout import torch_state_dict
 from gcd_jax.diffusion.config import diffusion_config

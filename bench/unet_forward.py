@@ -46,7 +46,7 @@ def main() -> None:
   from diffusers import UNetSpatioTemporalConditionModel  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
-  from configs import models  # pylint: disable=g-import-not-at-top
+  from gcd_jax.models import presets as models  # pylint: disable=g-import-not-at-top
   from gcd_jax.convert import torch_layout  # pylint: disable=g-import-not-at-top
   from gcd_jax.convert.diffusers import diffusers_unet_config  # pylint: disable=g-import-not-at-top
   from gcd_jax.models.layers import timestep_embedding  # pylint: disable=g-import-not-at-top

@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import os
 
-from configs import models
-from configs.gcd import base_config, parse_arg
+from configs.gcd import base_config
 from data_pipelines.input_pipeline import data_config
+from gcd_jax.config_flags import preset_args
 from gcd_jax.diffusion.config import diffusion_config
+from gcd_jax.models import presets as models
 from gcd_jax.train.vae_fit import vae_fit_config
 
 
@@ -39,14 +40,14 @@ STAGE_STEPS = {'1': 1000, '2': 1500}
 
 
 def get_config(arg: str | None = None):
-  a = parse_arg(arg, stage='1', steps='', batch='8')
+  a = preset_args(arg, stage='1', steps=0, batch=8)
   if a.stage not in ('1', '2'):
     raise ValueError(f'configs/demo.py: stage=1 (from scratch) or stage=2 (from the stage-1 model), got {a.stage!r}')
   c = base_config()
   c.name = 'demo'
   c.seed = 0
-  c.total_steps = int(a.steps or STAGE_STEPS[a.stage])
-  c.batch_size = int(a.batch)
+  c.total_steps = a.steps or STAGE_STEPS[a.stage]
+  c.batch_size = a.batch
   c.model = models.get_config('demo')  # float32: bf16 convs are slow on XLA:CPU
   c.model.num_frames = 6
 

@@ -18,19 +18,10 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import models
 from data_pipelines.input_pipeline import data_config
+from gcd_jax.config_flags import preset_args
 from gcd_jax.diffusion.config import diffusion_config
-
-
-def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
-  out = dict(defaults)
-  for item in [a for a in (arg or '').split(',') if a]:
-    k, sep, v = item.partition('=')
-    if not sep or k not in out:
-      raise ValueError(f'config argument {item!r}: expected key=value with key in {sorted(out)}')
-    out[k] = v
-  return ml_collections.ConfigDict(out)
+from gcd_jax.models import presets as models
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -63,7 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = parse_arg(arg, data='kubric', traj='gradual', az='90', modality='rgb', features='in_step')
+  a = preset_args(arg, data='kubric', traj='gradual', az='90', modality='rgb', features='in_step')
   c = base_config()
   c.features = a.features
   if a.data in ('kubric', 'procedural'):

@@ -16,19 +16,20 @@ from __future__ import annotations
 
 import os
 
-from configs import models
-from configs.gcd import base_config, parse_arg
+from configs.gcd import base_config
 from data_pipelines.input_pipeline import data_config
+from gcd_jax.config_flags import preset_args
 from gcd_jax.diffusion.config import diffusion_config
+from gcd_jax.models import presets as models
 
 
 def get_config(arg: str | None = None):
-  a = parse_arg(arg, steps='30', batch='8', data='procedural', frames='3', lr='3e-4')
+  a = preset_args(arg, steps=30, batch=8, data='procedural', frames=3, lr=3e-4)
   c = base_config()
   c.name = 'tiny'
   c.seed = 0
-  c.total_steps = int(a.steps)
-  c.batch_size = int(a.batch)
+  c.total_steps = a.steps
+  c.batch_size = a.batch
   c.model = models.get_config('tiny')  # float32 on CPU: bf16 convs are slow on XLA:CPU
   c.diffusion = diffusion_config()
   c.diffusion.loss.focus_steps = 20  # exercise the focal schedule within a short run
@@ -38,10 +39,10 @@ def get_config(arg: str | None = None):
   c.data.data_dir = os.path.expanduser('~/tensorflow_datasets')
   c.data.height, c.data.width = 32, 48
   c.data.render_height, c.data.render_width = 35, 53
-  c.data.num_frames = int(a.frames)
+  c.data.num_frames = a.frames
   c.data.trajectory = 'kubric_gradual_max90'
-  c.model.num_frames = int(a.frames)
-  c.optim.lr = float(a.lr)  # far above the reference 2e-5: a few steps must visibly fit
+  c.model.num_frames = a.frames
+  c.optim.lr = a.lr  # far above the reference 2e-5: a few steps must visibly fit
   c.checkpoint.every_steps = 10
   c.checkpoint.max_to_keep = 3
   c.log_every_steps = 1

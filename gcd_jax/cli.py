@@ -66,8 +66,17 @@ def quiet_library_noise() -> None:
   os.environ.setdefault('GRPC_VERBOSITY', 'ERROR')
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-  """Keeps the docstring's layout (examples) and appends each option's default."""
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+  """Keeps the docstring's layout (examples) and appends each option's default where its help does not
+  already say it (flags and empty defaults have nothing to show)."""
+
+  def _get_help_string(self, action):
+    text = action.help or ''
+    d = action.default
+    if ('default' in text.lower() or d is None or d is argparse.SUPPRESS or isinstance(d, bool) or d == ''
+        or not action.option_strings):
+      return text
+    return f'{text} (default: {d})'
 
 
 class Parser(argparse.ArgumentParser):

@@ -28,8 +28,13 @@ class ConfigError(ValueError):
 
 
 def packaged_configs_dir() -> str:
-  import configs  # pylint: disable=g-import-not-at-top
-  return os.path.dirname(os.path.abspath(configs.__file__))
+  """The installed project's configs/ folder (experiment files; located, not imported: configs/ imports
+  the library, never the reverse)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.find_spec('configs')
+  if spec is None or not spec.submodule_search_locations:
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+  return list(spec.submodule_search_locations)[0]
 
 
 def resolve_config_path(path: str) -> str:
@@ -130,14 +135,43 @@ def load_model_or_training(spec: str, overrides: Sequence[str] = ()):
   spec: a model preset ('tiny', 'gcd,dtype=bfloat16' = configs/models.py:ARG), 'configs/models.py:ARG', or a
   training config file 'configs/gcd.py[:ARG]' (its .model is the model config)."""
   path = str(spec).partition(':')[0]
-  if not path.endswith('.py'):
-    spec = f'configs/models.py:{spec}'
+  if not path.endswith('.py'):  # a bare preset: the library's own, no config file involved
+    from gcd_jax.models import presets  # pylint: disable=g-import-not-at-top
+    if overrides:
+      raise ConfigError(f'--config {spec}: --config.FIELD overrides need a config file, e.g. '
+                        f'--config configs/models.py:{spec}')
+    try:
+      return presets.get_config(str(spec)), None
+    except ValueError as e:
+      raise ConfigError(f'--config {spec}: {e}') from None
   cfg = load_config(spec, overrides, lock=False)
   if 'model' in cfg:
     return cfg.model, cfg
   if 'unet' in cfg:
     return cfg, None
   raise ConfigError(f'--config {spec}: neither a model config (with .unet) nor a training config (with .model)')
+
+
+def preset_args(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """The ARG of `--config FILE.py:ARG` ('k=v,k=v') → typed fields: each value is cast to its default's type
+  (int, float, bool: true/false/1/0, str). Unknown keys and bad values raise ValueError naming the choices.
+  A default of None accepts any string (an optional argument)."""
+  out = dict(defaults)
+  for item in [a for a in (arg or '').split(',') if a]:
+    k, sep, v = item.partition('=')
+    if not sep or k not in out:
+      raise ValueError(f'config argument {item!r}: expected key=value with key in {sorted(out)}')
+    d = defaults[k]
+    try:
+      if isinstance(d, bool):
+        if v.lower() not in ('1', '0', 'true', 'false', 'yes', 'no'):
+          raise ValueError(v)
+        out[k] = v.lower() in ('1', 'true', 'yes')
+      else:
+        out[k] = type(d)(v) if d is not None else v
+    except ValueError:
+      raise ValueError(f'config argument {item!r}: {k} must be a {type(d).__name__}') from None
+  return ml_collections.ConfigDict(out)
 
 
 def to_unlocked(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -38,7 +38,7 @@ def data_preset(data_dir: str) -> str:
 @pytest.fixture(scope='session')
 def tiny_checkpoint(tmp_path_factory):
   """A gcd-jax model checkpoint of the `tiny` preset with seeded random weights."""
-  from configs import models  # pylint: disable=g-import-not-at-top
+  from gcd_jax.models import presets as models  # pylint: disable=g-import-not-at-top
   from gcd_jax.evaluate import generator  # pylint: disable=g-import-not-at-top
   out = os.path.join(str(tmp_path_factory.mktemp('ckpt')), 'tiny')
   return generator.write_random_checkpoint(out, models.get_config('tiny'), seed=0)

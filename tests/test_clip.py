@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from flax import nnx
 
-from configs import models
+from gcd_jax.models import presets as models
 from gcd_jax.convert.diffusers import load_diffusers_component
 from gcd_jax.convert.torch_layout import leaf_specs, load_torch_state
 from gcd_jax.models import clip as clip_lib

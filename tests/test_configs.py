@@ -2,7 +2,7 @@
 
 import pytest
 
-from configs import models
+from gcd_jax.models import presets as models
 from gcd_jax.models.config import ConfigError, resblock_norm_eps, validate_model_config
 
 

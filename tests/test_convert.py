@@ -20,7 +20,7 @@ import pytest
 import torch
 from flax import nnx
 
-from configs import models
+from gcd_jax.models import presets as models
 from gcd_jax.commands import convert as convert_cmd
 from gcd_jax.commands import export as export_cmd
 from gcd_jax.convert import checkpoint_io, sgm_keys, sources
@@ -452,15 +452,15 @@ def test_missing_file(tmp_path, capsys):
 
 def test_wrong_config_shape_mismatch(ref, tmp_path, capsys):
   cfg_file = tmp_path / 'wide.py'
-  cfg_file.write_text('from configs import models\n\ndef get_config(arg):\n'
+  cfg_file.write_text('from gcd_jax.models import presets as models\n\ndef get_config(arg):\n'
                       '  cfg = models.get_config("tiny")\n  cfg.name = "wide"\n'
                       '  cfg.unet.model_channels = 64\n  return cfg\n')
   err = _fails(capsys, 'sgm', ref['files']['sgm'], str(tmp_path / 'out'), config=f'{cfg_file}:x')
   assert 'shape mismatch' in err and "looks like preset 'tiny'" in err
-  assert 'model.diffusion_model.input_blocks.0.0.weight: (32, 8, 3, 3) vs (64, 8, 3, 3)' in err
+  assert 'and 608 more' in err and err.count('\n') == 1  # one line: a few examples, the count of the rest
   # A GCD file into the SVD preset: the camera layers are unexpected.
   err = _fails(capsys, 'sgm', ref['files']['sgm'], str(tmp_path / 'out'), config='tiny_svd')
-  assert 'unexpected' in err and 'aux_label_emb.0.weight' in err and "preset 'tiny'" in err
+  assert 'unexpected' in err and 'aux_label_emb.0.' in err and "preset 'tiny'" in err
 
 
 def test_unknown_keys_are_errors_and_lpips_ema_ignored(ref, tmp_path, capsys):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import models
+from gcd_jax.models import presets as models
 from gcd_jax.diffusion.conditioner import (Conditioner, append_camera, ucg_dropout, unconditional,
                                            vector_conditioning)
 from gcd_jax.diffusion.config import diffusion_config

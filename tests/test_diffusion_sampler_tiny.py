@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 from jax.sharding import Mesh
 
-from configs import models
+from gcd_jax.models import presets as models
 from gcd_jax.diffusion.conditioner import Conditioner
 from gcd_jax.diffusion.config import diffusion_config
 from gcd_jax.diffusion.sampler import make_sample_fn

@@ -292,7 +292,7 @@ def test_sampling_memory_check_refuses_before_compiling_and_suggests_a_size():
   """The 384×256 default on the tiny model asked XLA for ~87 GB (spatial attention over 192×128 latent tokens):
   refused up front, with the estimate and a size that fits; the tiny model's own size passes."""
   import re  # pylint: disable=g-import-not-at-top
-  from configs import models  # pylint: disable=g-import-not-at-top
+  from gcd_jax.models import presets as models  # pylint: disable=g-import-not-at-top
   from gcd_jax.evaluate import inference  # pylint: disable=g-import-not-at-top
   cfg = models.get_config('tiny')
   need = inference.sampling_memory_bytes(cfg, num_frames=3, width=384, height=256)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from flax import nnx
 
-from configs import models
+from gcd_jax.models import presets as models
 from gcd_jax.convert.diffusers import diffusers_unet_config
 from gcd_jax.convert.torch_layout import leaf_specs, load_torch_state
 from gcd_jax.models.layers import timestep_embedding

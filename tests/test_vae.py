@@ -17,7 +17,7 @@ import pytest
 import torch
 from flax import nnx
 
-from configs import models
+from gcd_jax.models import presets as models
 from gcd_jax.convert.diffusers import load_diffusers_component
 from gcd_jax.convert.torch_layout import leaf_specs, load_torch_state
 from gcd_jax.models import vae as vae_lib

@@ -178,7 +178,7 @@ def _fingerprint_of_config(cfg) -> dict:
 
 
 def guess_preset(fmt: str, shapes: dict) -> str | None:
-  from configs import models  # pylint: disable=g-import-not-at-top
+  from gcd_jax.models import presets as models  # pylint: disable=g-import-not-at-top
   fp = _fingerprint_of_file(fmt, shapes)
   best = None
   for preset in models.PRESETS:

@@ -101,6 +101,26 @@ def _step(i, x, key, network_fn, cond2, scales, sigmas, gammas, cfg, num_frames,
   return jnp.where(i == last, x0, x_next)
 
 
+def per_video_keys(key) -> bool:
+  """True for raw per-video keys (uint32 [B, 2]); False for one PRNG key (typed, or raw uint32 [2])."""
+  a = key if hasattr(key, 'dtype') else np.asarray(key)
+  return not jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) and a.ndim == 2
+
+
+def initial_noise(key, shape: tuple, num_frames: int) -> jax.Array:
+  """Standard-normal x_T of `shape` [B·T, h, w, C]. key: one PRNG key for the whole batch, or per-video
+  keys uint32 [B, 2], each drawing its own video's [T, h, w, C]: a video's sample then does not depend on
+  which other videos share its batch (evaluation, `gcd-jax sample`)."""
+  if not per_video_keys(key):
+    return jax.random.normal(key, shape, jnp.float32)
+  keys = jnp.asarray(key, jnp.uint32)
+  if keys.shape[0] * num_frames != shape[0]:
+    raise ValueError(f'{keys.shape[0]} per-video keys for {shape[0]} rows of {num_frames}-frame videos')
+  noise = jax.vmap(lambda k: jax.random.normal(jax.random.wrap_key_data(k), (num_frames,) + tuple(shape[1:]),
+                                               jnp.float32))(keys)
+  return noise.reshape(shape)
+
+
 def _prepare(cond, uncond, key, cfg, num_frames, constrain):
   """→ (x_init, cond2, scales, sigmas, gammas, churn key) for `sample_latents` / the stepwise loop."""
   sc = cfg.sampler
@@ -115,9 +135,14 @@ def _prepare(cond, uncond, key, cfg, num_frames, constrain):
     cond2 = double_batch(uncond, cond, num_frames)
     scales = jnp.asarray(guidance_scales(num_frames, cfg.guider.min_scale, cfg.guider.max_scale))
   cond2 = {k: constrain(v) for k, v in cond2.items()}
-  k_init, k_churn = jax.random.split(key)
+  if per_video_keys(key):
+    noise = initial_noise(key, shape, num_frames)
+    k_churn = jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32)[0])  # churn: off in GCD's sampler (§2.4)
+  else:
+    k_init, k_churn = jax.random.split(key)
+    noise = initial_noise(k_init, shape, num_frames)
   sigmas, gammas = jnp.asarray(sigmas_np), jnp.asarray(gammas_np)
-  x = constrain(jax.random.normal(k_init, shape, jnp.float32) * jnp.sqrt(1.0 + sigmas[0] ** 2))
+  x = constrain(noise * jnp.sqrt(1.0 + sigmas[0] ** 2))
   return x, cond2, scales, sigmas, gammas, k_churn
 
 
@@ -126,7 +151,7 @@ def sample_latents(network_fn: NetworkFn, cond: Mapping[str, jax.Array],
                    num_frames: int, *, python_loop: bool = False, constrain=None) -> jax.Array:
   """The EDM Euler sampling loop (§2.4). cond/uncond: {'concat' [B·T, h, w, 4], 'crossattn' [B·T, L, C],
   'vector' [B·T, W] (full y)}; uncond=None disables guidance. cfg: `diffusion_config()`. key: PRNG key
-  (initial noise and churn noise). constrain: optional fn applied to row-major arrays (sharding).
+  (initial noise and churn noise), or per-video keys uint32 [B, 2] (`initial_noise`). constrain: optional fn applied to row-major arrays (sharding).
   python_loop: a Python `for` over the same step (eager unless called under jit).
   → x̂₀ latents [B·T, h, w, 4] float32 (still × scaling_factor)."""
   constrain = constrain or (lambda a: a)
@@ -156,7 +181,7 @@ def make_sample_fn(cfg: ml_collections.ConfigDict, *, num_frames: int, mesh: jax
   network: `GCDNetwork`; vae: `AutoencoderKLTemporalDecoder`; cond: the `Conditioner` output WITHOUT
   dropout ({'crossattn', 'concat', 'vector', 'camera'}); the unconditional branch is derived from it
   (zeros for crossattn/concat, §1.7). key: PRNG key → same key, same videos (also across mesh sizes:
-  threefry is partitionable). cfg: `diffusion_config()` (sampler, guider, decode.chunk_size).
+  threefry is partitionable); or per-video keys uint32 [B, 2] → each video's noise from its own key. cfg: `diffusion_config()` (sampler, guider, decode.chunk_size).
 
   One jax.jit program (camera embedding, every step, guidance, decode). With `mesh`, the B·T rows are
   split over `data_axis` (B must be a multiple of its size, so every device holds whole videos);

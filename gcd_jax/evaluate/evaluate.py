@@ -338,9 +338,14 @@ def write_reports(out_dir: str, results: list[dict], settings: EvalSettings | No
 
 def write_scene(out_dir: str, scene: str, example: dict, samples01: np.ndarray, frame_metrics: dict,
                 settings: EvalSettings, *, fps: float) -> None:
-  """Gallery first, metrics.json last (its presence marks the scene finished)."""
-  d = scene_dir(out_dir, scene)
-  os.makedirs(d, exist_ok=True)
+  """The scene's folder appears complete or not at all (written under a staging name, then renamed; an
+  interrupted run leaves no half scene); metrics.json in it marks the scene finished."""
+  with fileio.atomic_dir(scene_dir(out_dir, scene), overwrite=True) as d:
+    _write_scene_files(d, scene, example, samples01, frame_metrics, settings, fps=fps)
+
+
+def _write_scene_files(d: str, scene: str, example: dict, samples01: np.ndarray, frame_metrics: dict,
+                       settings: EvalSettings, *, fps: float) -> None:
   cols = [('input', example['input01'])] + [(f'sample {i + 1}', s) for i, s in enumerate(samples01)]
   cols.append(('ground truth', example['gt01']))
   frames = media.gallery_frames(cols)

@@ -126,45 +126,29 @@ def write_random_checkpoint(out_dir: str, model_cfg, seed: int = 0) -> str:
 
 
 # ------------------------------------------------------------------------------------------ sampling
-# The math is gcd_jax.diffusion's (Conditioner §1.3, unconditional branch §1.7, guided_denoise /
-# LinearPredictionGuider §2.4, EDM discretisation, decode_latents). We run the Euler loop ourselves only
-# to draw the initial noise per (video, sample) key: `diffusion.sampler.sample_latents` draws it from one
-# key for the whole batch, so its videos would depend on which other videos share the batch.
 
 
 def sample_videos(network, vae, clip, batch: dict, keys, cfg, diff_cfg):
   """batch [B, T, ...] (COND_KEYS), keys uint32 [B, S, 2] → videos [B, S, T, H, W, 3] in [0, 1].
 
-  Conditioning once per video (no dropout); per sample s: x_T = N(0, I)·√(1 + σ₀²) from keys[b, s] for
-  video b, then the guided Euler steps of `diffusion.sampler` (s_churn = 0) and the chunked decode."""
+  Conditioning once per video (no dropout, §1.3); per sample s, `diffusion.sampler.sample_latents` with the
+  per-video keys keys[:, s] (each video's x_T from its own key, so a video does not depend on its batch
+  mates), then the chunked decode: the one sampler of the project."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from gcd_jax.diffusion import conditioner as cond_lib  # pylint: disable=g-import-not-at-top
   from gcd_jax.diffusion import sampler as sampler_lib  # pylint: disable=g-import-not-at-top
   from gcd_jax.diffusion.denoiser import network_fn_from_unet  # pylint: disable=g-import-not-at-top
-  from gcd_jax.diffusion.discretization import edm_discretization, guidance_scales  # pylint: disable=g-import-not-at-top
   b, t, hp, wp = batch['cond_frames'].shape[:4]
   rows = {k: v.reshape((b * t,) + v.shape[2:]) for k, v in batch.items()}
   cond = cond_lib.Conditioner(cfg, vae, clip)(rows)  # key=None: no CFG dropout at sampling
   c = cond_lib.append_camera(cond, network.embed_camera(cond['camera']))
-  cond2 = sampler_lib.double_batch(cond_lib.unconditional(c), c, t)
-  sc = diff_cfg.sampler
-  if sc.s_churn:
+  uc = cond_lib.unconditional(c)
+  if diff_cfg.sampler.s_churn:
     raise ValueError('evaluation sampling uses s_churn = 0 (the reference sampler settings, §2.4)')
-  sigmas = jnp.asarray(edm_discretization(sc.num_steps, sc.sigma_min, sc.sigma_max, sc.rho))
-  scales = jnp.asarray(guidance_scales(t, diff_cfg.guider.min_scale, diff_cfg.guider.max_scale))
   network_fn = network_fn_from_unet(network.unet)
-  latent_shape = c['concat'].shape[1:]
-  last = sc.num_steps - 1
 
   def one(keys_s):  # [B, 2] → [B, T, H, W, 3]
-    noise = jax.vmap(lambda k: jax.random.normal(jax.random.wrap_key_data(k), (t,) + latent_shape))(keys_s)
-    x = noise.reshape((b * t,) + latent_shape) * jnp.sqrt(1.0 + sigmas[0] ** 2)
-
-    def step(i, x):
-      x0 = sampler_lib.guided_denoise(network_fn, x, sigmas[i], cond2, scales, t, diff_cfg.sigma_data)
-      return jnp.where(i == last, x0, x + (sigmas[i + 1] - sigmas[i]) * (x - x0) / sigmas[i])
-
-    z = jax.lax.fori_loop(0, sc.num_steps, step, x)
+    z = sampler_lib.sample_latents(network_fn, c, uc, keys_s, diff_cfg, t)
     video = sampler_lib.decode_latents(vae, z, t, min(int(diff_cfg.decode.chunk_size), t))
     return video.reshape(b, t, hp, wp, 3)
 
