@@ -6,7 +6,7 @@ r"""Peak memory and wall time of `gcd-jax convert` on a full-size random sgm `sv
 1. Derives every key and shape of Stability's `svd.safetensors` from the abstract (nnx.eval_shape)
    full-size modules through our key mapping (`sgm_keys.py`): U-Net, conditioning encoder +
    quant_conv, its unused 2-D decoder + post_quant_conv, the target-path encoder copy, the temporal
-   decoder, the OpenCLIP ViT-H/14 image tower (svd_weights.md §2a). No camera layers, like the real file.
+   decoder, the OpenCLIP ViT-H/14 image tower (docs/weights.md §2a). No camera layers, like the real file.
 2. Writes it with random float32 data, one tensor at a time (never all in RAM).
 3. Converts it in a SUBPROCESS (`gcd-jax convert --from sgm ... --config gcd --init-missing`) and reads
    that process's exact peak resident set size from `os.wait4` (ru_maxrss).
@@ -50,7 +50,7 @@ def svd_file_shapes(cfg) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
   shapes = {k: s for k, s in shapes.items()
             if not k.startswith((sgm_keys.UNET_PREFIX + 'aux_label_emb.', sgm_keys.CAMERA_PREFIX))}
   # The unused 2-D decoder of conditioner.embedders.3 (AutoencoderKLModeOnly): the temporal decoder
-  # without its time_stack / mix_factor / time_mix_conv, and a post_quant_conv (svd_weights.md §2a).
+  # without its time_stack / mix_factor / time_mix_conv, and a post_quant_conv (docs/weights.md §2a).
   dec = sgm_keys.FIRST_STAGE_PREFIX + 'decoder.'
   for k, s in list(shapes.items()):
     if k.startswith(dec) and not any(t in k for t in ('time_stack', 'mix_factor', 'time_mix_conv')):

@@ -2,7 +2,7 @@
 
 Two paths, each a procedural scene set at Kubric-4D's layout (16 views, 576×384 unless --source-size):
   procedural  TFDS ArrayRecord RGB-D records → unprojection → render input + target (data_config 'procedural')
-  pointcloud  merged per-frame point-cloud store (.npz, gcd_spec §4.4) → render input + target
+  pointcloud  merged per-frame point-cloud store (.npz, docs/reference.md §4.4) → render input + target
 Measured in-process (no worker processes), single thread, after one warm-up example (jit compile), so the
 number is per core; examples_per_s_per_core counts the process's CPU seconds (the cores are shared), the
 _wall variant wall time. Also prints how many host cores a TPU v5p host (4 chips) needs at the train-step
@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if __name__ == '__main__':
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
-# FLOP model (stack.md): 6.27 TFLOPs per U-Net forward at 256×384×14; train step ≈ 3× forward, 4× with remat.
+# FLOP model (docs/dependencies.md): 6.27 TFLOPs per U-Net forward at 256×384×14; train step ≈ 3× forward, 4× with remat.
 UNET_FORWARD_TFLOPS = 6.27
 V5P_PEAK_TFLOPS = 459.0  # bf16 per chip
 CHIPS_PER_HOST = 4

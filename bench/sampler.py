@@ -7,7 +7,7 @@ r"""25-step guided EDM sampling: our single jitted program vs a Python loop over
 Same run, same weights, same inputs: a random U-Net of configs/models.py `tiny_svd,eps=diffusers` (the
 diffusers ResBlock eps layout; no GCD camera path — diffusers' UNetSpatioTemporalConditionModel has no
 `aux_label_emb`) is copied flax → torch with `torch_state_dict`. Both sides run the identical algorithm
-(gcd_spec.md §2.4): EDM σ schedule (700 → 0.002, ρ 7, 25 steps), x = ε·√(1+σ₀²), per step one U-Net call
+(docs/reference.md §2.4): EDM σ schedule (700 → 0.002, ρ 7, 25 steps), x = ε·√(1+σ₀²), per step one U-Net call
 on the doubled batch (uncond: zero crossattn/concat, §1.7) under VScalingWithEDMcNoise preconditioning,
 linear per-frame guidance 1.0 → 1.5, Euler update, x̂₀ at the last step. Conditioning is per-video
 (diffusers repeats `encoder_hidden_states` over frames and takes `added_time_ids` [B, 3]), so our per-row

@@ -6,7 +6,7 @@ r"""Full-size SVD U-Net forward: jitted Flax vs diffusers PyTorch, same weights,
 Prints a JSON record and a one-line summary: both times (median of --repeats after a warm-up), the ratio
 flax/torch (goal ≤ 0.85), GFLOP/s of each against a measured 2048³ matmul peak, and the max abs difference
 of the two outputs (a sanity check that both ran the same network). The FLOP count is XLA's cost analysis
-of the compiled forward (svd_weights.md §6 measures 6.265 TFLOPs with FlopCounterMode at this size).
+of the compiled forward (docs/weights.md §6 measures 6.265 TFLOPs with FlopCounterMode at this size).
 Needs ~14 GB of RAM at full size (two copies of 6.1 GB of weights).
 """
 

@@ -1,4 +1,4 @@
-r"""GCD training presets (gcd_spec.md §3), big_vision style.
+r"""GCD training presets (docs/reference.md §3), big_vision style.
 
   gcd-jax train --config configs/gcd.py:data=kubric,traj=gradual,az=90 --workdir /ckpt/gcd_kubric_g90 \
       --config.init_checkpoint=/ckpt/svd_converted

@@ -48,5 +48,5 @@ def get_config(arg: str | None = None):
   c.log_every_steps = 1
   c.preview.every_steps = 0
   c.sharding.min_shard_size = 2 ** 8
-  c.peak_tflops_per_device = 0.09  # ~180 GFLOP/s dense matmul on this 2-core CPU (stack.md), for MFU
+  c.peak_tflops_per_device = 0.09  # ~180 GFLOP/s dense matmul on this 2-core CPU (docs/dependencies.md), for MFU
   return c

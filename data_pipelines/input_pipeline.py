@@ -1,4 +1,4 @@
-"""Grain input pipeline: GCD training examples rendered on the fly from point clouds (gcd_spec.md §4.5–4.10).
+"""Grain input pipeline: GCD training examples rendered on the fly from point clouds (docs/reference.md §4.5–4.10).
 
 Per example: pick a scene, sample a clip and a camera trajectory (seeded by (seed, epoch, index)), build
 the merged point cloud of every clip frame, render the input (source) and target (destination) views
@@ -219,7 +219,7 @@ class PointCloudSceneSource:
     cams = self.scenes[0][3] if self.scenes else {}
     if 'semantic_palette' not in cams:
       raise ValueError(f'point-cloud store {self.store.root!r} has no semantic_palette in cameras.npz: rebuild it '
-                       'from a ParallelDomain-4D copy with its ontology/*.json (gcd_spec.md §4.3) to train or '
+                       'from a ParallelDomain-4D copy with its ontology/*.json (docs/reference.md §4.3) to train or '
                        'evaluate semantic models.')
     return np.asarray(cams['semantic_palette'], np.uint8)
 

@@ -1,4 +1,4 @@
-"""Reader for the Kubric-4D on-disk layout (gcd_spec.md §4.2).
+"""Reader for the Kubric-4D on-disk layout (docs/reference.md §4.2).
 
 `<root>/scnXXXXX/`:
   scnXXXXX_p0_v{V}.json                    Kubric metadata per view (camera K, positions, quaternions, ...)
@@ -40,7 +40,7 @@ def list_scenes(root: str) -> list[str]:
   if not os.path.isdir(root):
     raise FileNotFoundError(
         f'Kubric-4D root {root!r} does not exist; pass the folder that holds the scnXXXXX/ scene folders '
-        '(see gcd_spec.md §4.2, or build the procedural dataset with `gcd-jax data build procedural_4d`).')
+        '(see docs/reference.md §4.2, or build the procedural dataset with `gcd-jax data build procedural_4d`).')
   return sorted(d for d in os.listdir(root) if _SCENE_RE.match(d) and os.path.isdir(os.path.join(root, d)))
 
 
@@ -70,7 +70,7 @@ class KubricScene:
     if not os.path.isdir(self.path):
       raise FileNotFoundError(
           f'Kubric-4D scene folder {self.path!r} is missing; check --data-dir / manual_dir points at the '
-          'folder that contains scnXXXXX/ (gcd_spec.md §4.2).')
+          'folder that contains scnXXXXX/ (docs/reference.md §4.2).')
     self.num_views = self._count_views()
     meta0 = self.metadata(0)
     self.num_frames = int(meta0['num_frames'])
@@ -116,7 +116,7 @@ class KubricScene:
     cam = raw['camera']
     for key in ('K', 'positions', 'quaternions'):
       if key not in cam:
-        raise ValueError(f'{path}: camera.{key} missing (Kubric metadata JSON, gcd_spec.md §4.2)')
+        raise ValueError(f'{path}: camera.{key} missing (Kubric metadata JSON, docs/reference.md §4.2)')
     return {
         'num_frames': int(scene['num_frames']),
         'resolution': tuple(int(v) for v in scene['resolution']),

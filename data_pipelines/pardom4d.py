@@ -1,4 +1,4 @@
-"""Reader for the ParallelDomain-4D on-disk layout (gcd_spec.md §4.3).
+"""Reader for the ParallelDomain-4D on-disk layout (docs/reference.md §4.3).
 
 `<root>/scene_XXXXXX/`:
   <modality>/<camera>/<t*10+5:018d>.<ext>   rgb (.png RGBA), depth (.npz key 'data', planar metres),
@@ -197,5 +197,5 @@ class PardomScene:
     palette = find_palette(self.root, self.name)
     if palette is None:
       raise FileNotFoundError(f'no ontology/*.json in {self.path!r} nor in any other scene of {self.root!r}; '
-                              'needed for semantic colours (gcd_spec.md §4.3).')
+                              'needed for semantic colours (docs/reference.md §4.3).')
     return palette

@@ -1,4 +1,4 @@
-"""Merged per-frame point clouds (gcd_spec.md §4.4), built from a scene reader, stored as .npz per frame.
+"""Merged per-frame point clouds (docs/reference.md §4.4), built from a scene reader, stored as .npz per frame.
 
 Layout written here (one folder per scene, one file per frame, like the reference's `pcl/` tree):
   <out>/<scene>/pcl_rgb_segm_{t:05d}.npz   xyz [V, N, 3] float16, rgb [V, N, 3] uint8,
@@ -18,9 +18,7 @@ File names use the frame index t (`{t:05d}`) for both datasets; the reference's 
 from __future__ import annotations
 
 import os
-import shutil
 import struct
-import tempfile
 import zipfile
 
 import numpy as np
@@ -63,10 +61,10 @@ def frame_path(scene_dir: str, frame: int, *, ext: str = 'npz', reference_pd_nam
 
 
 def save_frame(path: str, pcl: dict[str, np.ndarray], compress: bool = False):
-  """Atomic .npz write (temp file + rename)."""
-  tmp = f'{path}.tmp{os.getpid()}.npz'
-  (np.savez_compressed if compress else np.savez)(tmp, **pcl)
-  os.replace(tmp, path)
+  """Atomic .npz write (gcd_jax/fileio.py)."""
+  from gcd_jax import fileio  # pylint: disable=g-import-not-at-top
+  with fileio.atomic_file(path, '.npz') as tmp:
+    (np.savez_compressed if compress else np.savez)(tmp, **pcl)
 
 
 def _read_npz(path: str, keys=None, out=None) -> dict[str, np.ndarray]:
@@ -130,12 +128,9 @@ def build_scene_store(scene, out_root: str, frames=None, compress: bool = False)
   PD frames with a missing view file are skipped, as in `convert_pcl_pardom.py` (§4.4).
   Returns the scene folder path.
   """
+  from gcd_jax import fileio  # pylint: disable=g-import-not-at-top
   final = os.path.join(out_root, scene.name)
-  if os.path.isdir(final):
-    shutil.rmtree(final)
-  os.makedirs(out_root, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f'.{scene.name}.', dir=out_root)
-  try:
+  with fileio.atomic_dir(final, overwrite=True) as tmp:
     frames = range(scene.num_frames) if frames is None else frames
     kept = []
     for t in frames:
@@ -152,10 +147,6 @@ def build_scene_store(scene, out_root: str, frames=None, compress: bool = False)
         extra['semantic_palette'] = palette
     np.savez(os.path.join(tmp, 'cameras.npz'), intrinsics=intr, extrinsics=extr, width=scene.width,
              height=scene.height, num_frames=scene.num_frames, frames=np.asarray(kept, np.int32), **extra)
-    os.replace(tmp, final)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return final
 
 

@@ -1,4 +1,4 @@
-"""Dataset splits (gcd_spec.md §4.1, §4.3, §5.4) and `eval/list`-style text files.
+"""Dataset splits (docs/reference.md §4.1, §4.3, §5.4) and `eval/list`-style text files.
 
 * Kubric-4D: train scn00000–02799, val 02800–02899, test 02900–02999; test20/50/100 = the first 20/50/100
   test scenes (`eval/list/kubric_test{20,50,100}.txt`).
@@ -87,7 +87,5 @@ def write_scene_list(path: str, names, prefix: str = '', comment: str | None = N
 
 
 def _atomic_write(path: str, text: str):
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
+  from gcd_jax import fileio  # pylint: disable=g-import-not-at-top
+  fileio.write_text(path, text)

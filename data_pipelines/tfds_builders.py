@@ -1,11 +1,11 @@
 """TFDS builders (ArrayRecord, no TensorFlow) for the procedural dataset, Kubric-4D and ParallelDomain-4D.
 
 One record per (scene, frame) holding everything needed to render that frame from any camera: the
-RGB-D views of all V static cameras plus their cameras (gcd_spec.md §4.4's merged point cloud is the
+RGB-D views of all V static cameras plus their cameras (docs/reference.md §4.4's merged point cloud is the
 unprojection of exactly these, done at read time — float16 planar depth at 2 B/pixel is a third of
 float16 xyz at 6 B/pixel and keeps the views for the PD input video).
 
-Features (stack.md: `Tensor` features only — `Video`/`Image` need TensorFlow):
+Features (docs/dependencies.md: `Tensor` features only — `Video`/`Image` need TensorFlow):
   id           int64   scene_idx·1000 + frame (TFDS may reorder records; this names the record)
   scene_name   Text    'scn00042' / 'scene_000042'
   scene_idx    int32
@@ -36,7 +36,7 @@ ParallelDomain builds also store `info.metadata['semantic_palette']`: the ontolo
 colour table [256, 3] (uint8 values), read once from scene_000000's ontology as the reference does
 (`pardom_arbit.py` loads `semantic_id_rgb_map` from scene_000000 only; else the first scene that has
 one). The semantic target of the `modality=semantic` models is the cloud coloured by
-`palette[segm]` (`semantic_palette`, gcd_spec.md §4.6).
+`palette[segm]` (`semantic_palette`, docs/reference.md §4.6).
 """
 
 from __future__ import annotations
@@ -232,12 +232,12 @@ class Kubric4dConfig(tfds.core.BuilderConfig):
 
 
 class Kubric4d(_SceneFramesBuilder):
-  """Kubric-4D from a local copy in the published layout (gcd_spec.md §4.2); splits as §4.1."""
+  """Kubric-4D from a local copy in the published layout (docs/reference.md §4.2); splits as §4.1."""
 
   name = 'kubric_4d'
 
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      'Place (or symlink) the Kubric-4D scene folders scn00000..scn02999 (gcd_spec.md §4.2) in manual_dir, '
+      'Place (or symlink) the Kubric-4D scene folders scn00000..scn02999 (docs/reference.md §4.2) in manual_dir, '
       'e.g. `gcd-jax data build kubric_4d --manual-dir /data/kubric4d`.')
   BUILDER_CONFIGS = [Kubric4dConfig(name='full', description='All scenes present, splits 2800/100/100.'),
                      Kubric4dConfig(name='tiny', description='At most 3 scenes per split.',
@@ -385,7 +385,7 @@ def semantic_palette(builder: tfds.core.DatasetBuilder) -> np.ndarray:
   if meta is None or 'semantic_palette' not in meta:
     raise ValueError(
         f'{builder.name}/{builder.builder_config.name} has no semantic palette in its metadata: the dataset was '
-        'built without an ontology/*.json (scene_000000/ontology/, gcd_spec.md §4.3) or by an older version. '
+        'built without an ontology/*.json (scene_000000/ontology/, docs/reference.md §4.3) or by an older version. '
         'Put the ontology in place and rebuild with `gcd-jax data build pardom_4d --manual-dir ...` to train or '
         'evaluate semantic (output_modality=semantic) models.')
   return np.asarray(meta['semantic_palette'], np.uint8).reshape(256, 3)

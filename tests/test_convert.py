@@ -2,7 +2,7 @@
 
 Reference models are PyTorch (diffusers UNetSpatioTemporalConditionModel + a GCD aux MLP and
 SphericalEmbedder Linear, AutoencoderKLTemporalDecoder, transformers CLIPVisionModelWithProjection) with
-EVERY parameter randomised. Their state dicts are renamed to sgm keys (svd_weights.md §3-§4) and
+EVERY parameter randomised. Their state dicts are renamed to sgm keys (docs/weights.md §3-§4) and
 written in each input format with the formats' own writers (safetensors.numpy.save_file, torch.save,
 save_pretrained); we convert through the CLI functions, run the Flax modules and compare with PyTorch.
 """
@@ -162,7 +162,7 @@ def restored(converted):
 
 
 def test_full_size_sgm_key_mapping():
-  """SVD's real U-Net / VAE / CLIP names and counts (svd_weights.md §3, §4) from meta torch models."""
+  """SVD's real U-Net / VAE / CLIP names and counts (docs/weights.md §3, §4) from meta torch models."""
   from diffusers import UNetSpatioTemporalConditionModel  # pylint: disable=g-import-not-at-top
   cfg = models.get_config('gcd')
   with torch.device('meta'):

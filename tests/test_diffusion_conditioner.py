@@ -1,4 +1,4 @@
-"""Conditioner (gcd_spec.md §1.3, §1.6, §1.7): per-frame CLIP/VAE conditioning, vector sinusoids, camera
+"""Conditioner (docs/reference.md §1.3, §1.6, §1.7): per-frame CLIP/VAE conditioning, vector sinusoids, camera
 kept separate, per-frame independent CFG dropout, unconditional branch, target latents."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""GCD diffusion formulas vs hand-computed values (gcd_spec.md §2.1–2.4, Appendix B)."""
+"""GCD diffusion formulas vs hand-computed values (docs/reference.md §2.1–2.4, Appendix B)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from gcd_jax.diffusion.sigmas import harmonize_sigmas, sample_training_sigmas, t
 
 # --- §2.4 discretisation -------------------------------------------------------------------------
 
-# The 26 values printed in gcd_spec.md §2.4, as strings so the printed precision sets the tolerance.
+# The 26 values printed in docs/reference.md §2.4, as strings so the printed precision sets the tolerance.
 SPEC_SIGMAS = ('700', '545.7', '421.6', '322.5', '244.0', '182.5', '134.9', '98.27', '70.54', '49.81',
                '34.54', '23.47', '15.59', '10.10', '6.354', '3.870', '2.269', '1.273', '0.678', '0.339',
                '0.157', '0.0664', '0.0248', '0.0079', '0.002', '0')

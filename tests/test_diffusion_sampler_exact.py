@@ -1,4 +1,4 @@
-"""EDM Euler sampler + linear prediction guider against exact Gaussian denoisers (gcd_spec.md §2.4).
+"""EDM Euler sampler + linear prediction guider against exact Gaussian denoisers (docs/reference.md §2.4).
 
 For data x₀ ~ N(μ, s²) per element and x_σ = x₀ + σ·ε, the optimal x₀-denoiser is
 D(x; σ) = (s²·x + σ²·μ)/(s² + σ²). It is plugged in as the contract's `network_fn` through the inverse

@@ -1,4 +1,4 @@
-"""The compiled sampling program with the real tiny GCD network + temporal VAE (gcd_spec.md §2.4):
+"""The compiled sampling program with the real tiny GCD network + temporal VAE (docs/reference.md §2.4):
 deterministic per key, different across keys, [B·T, H, W, 3] in [0, 1], traced once for repeated
 calls, equal to the Python-loop variant and to the mesh-sharded run."""
 

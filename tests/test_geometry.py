@@ -1,4 +1,4 @@
-"""Cameras, trajectories, pose sampling and unprojection against hand-computed cases (gcd_spec.md §1.3,
+"""Cameras, trajectories, pose sampling and unprojection against hand-computed cases (docs/reference.md §1.3,
 §1.4, §4.4–4.7, §4.9, Appendix C)."""
 
 import math

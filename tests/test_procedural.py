@@ -1,5 +1,5 @@
 """Procedural 4D scenes: determinism, physics, exact ray casting, multi-view consistency through the
-point-cloud renderer, and the Kubric-4D layout writer round trip (gcd_spec.md §4.1, §4.2, §4.4, §4.8)."""
+point-cloud renderer, and the Kubric-4D layout writer round trip (docs/reference.md §4.1, §4.2, §4.4, §4.8)."""
 
 import json
 import os

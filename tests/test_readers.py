@@ -1,4 +1,4 @@
-"""Readers for the Kubric-4D / ParallelDomain-4D layouts, point-cloud stores and splits (gcd_spec.md §4.1–4.4, §5.4)."""
+"""Readers for the Kubric-4D / ParallelDomain-4D layouts, point-cloud stores and splits (docs/reference.md §4.1–4.4, §5.4)."""
 
 import os
 import shutil

@@ -20,7 +20,7 @@ def test_kubric_presets(traj, az):
   c = load(f'configs/gcd.py:data=kubric,traj={traj},az={az}')
   assert c.data.trajectory == f'kubric_{traj}_max{az}'
   assert c.model.camera.embedder == 'spherical' and c.model.unet.aux_emb_dim == 128
-  # gcd_spec.md §3: Adam 2e-5 (0.9, 0.999, 1e-8), no wd / clipping / warmup / EMA, 28 videos, ckpt every 1250.
+  # docs/reference.md §3: Adam 2e-5 (0.9, 0.999, 1e-8), no wd / clipping / warmup / EMA, 28 videos, ckpt every 1250.
   o = c.optim
   assert (o.lr, o.b1, o.b2, o.eps, o.weight_decay, o.grad_clip_norm, o.warmup_steps, o.ema_decay) == (
       2e-5, 0.9, 0.999, 1e-8, 0.0, 0.0, 0, 0.0)

@@ -2,7 +2,7 @@
 
 Every torch parameter is randomised (norms, mix factors and zero-init convs included) and copied into
 the Flax model through `torch_layout.load_torch_state`, so the test also checks the parameter naming.
-The diffusers GroupNorm eps layout is selected on our side (`eps=diffusers`, svd_weights.md §5).
+The diffusers GroupNorm eps layout is selected on our side (`eps=diffusers`, docs/weights.md §5).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def _torch_per_row_reference(tm, aux, x, t, ctx, y, ioi, adm):
   """diffusers' UNetSpatioTemporalConditionModel.forward rewritten on B·T rows (sgm interface).
 
   x (B·T, 8, h, w), t (B·T,), ctx (B·T, L, C), y (B·T, adm + aux), ioi (B, T): time_proj /
-  time_embedding / add_embedding run per row; GCD adds aux_label_emb(y[:, adm:]) (gcd_spec.md §1.5).
+  time_embedding / add_embedding run per row; GCD adds aux_label_emb(y[:, adm:]) (docs/reference.md §1.5).
   """
   emb = tm.time_embedding(tm.time_proj(t)) + tm.add_embedding(y[:, :adm])
   if aux is not None:

@@ -134,7 +134,7 @@ def test_posterior_helpers_and_gcd_paths(ref):
   ours, x = ref['ours'], jnp.asarray(nhwc(ref['images']))
   m_q, _ = ours.encode(x, use_quant_conv=True)
   m_n, lv_n = ours.encode(x, use_quant_conv=False)
-  # Conditioning latents: quant_conv, mode, unscaled (gcd_spec.md §6 item 4).
+  # Conditioning latents: quant_conv, mode, unscaled (docs/reference.md §6 item 4).
   assert max_abs(vae_lib.encode_conditioning(ours, x), m_q) == 0.0
   # Target latents: no quant_conv, posterior sample × 0.18215.
   key = jax.random.key(3)

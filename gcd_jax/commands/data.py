@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser):
   b.add_argument('--no-progress', action='store_true', help='no progress bars')
   b.add_argument('--num-scenes', type=int, default=None, help='procedural_4d: override the config scene count.')
   b.add_argument('--point-clouds', default=None,
-                 help='Also write merged per-frame point clouds (.npz, gcd_spec §4.4) of every scene here.')
+                 help='Also write merged per-frame point clouds (.npz, docs/reference.md §4.4) of every scene here.')
   s.add_argument('--out', required=True,
                  help='Output .png (grid), .mp4 or .gif (video); a .png grid is also written beside a video.')
   s.add_argument('--preset', default=None, help='Data preset string (default: tiny for config tiny, else procedural).')

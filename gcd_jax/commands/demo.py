@@ -33,8 +33,8 @@ UPSCALE = 4
 
 
 def packaged_model() -> str:
-  import gcd_jax  # pylint: disable=g-import-not-at-top
-  return os.path.join(os.path.dirname(os.path.abspath(gcd_jax.__file__)), 'assets', 'demo_model')
+  from gcd_jax.pipeline import DEMO_MODEL  # pylint: disable=g-import-not-at-top
+  return DEMO_MODEL
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,6 +14,8 @@ Outputs in --out: input.mp4, sample_{k}.mp4, side_by_side.mp4, trajectory.png, i
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,9 +68,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
   from gcd_jax.evaluate import inference  # pylint: disable=g-import-not-at-top
-  from gcd_jax.train import workdir  # pylint: disable=g-import-not-at-top
+  from gcd_jax.pipeline import GCDPipeline, InputSettings, SamplerSettings  # pylint: disable=g-import-not-at-top
   if args.overrides and not args.config:
     raise inference.InputError('--config.FIELD overrides need --config (the model config they modify)')
-  args.checkpoint = workdir.resolve_model(args.checkpoint, step=args.step, weights=args.weights)
-  print(inference.sample_from_args(args))
+  if args.num_samples < 1:
+    raise inference.InputError('--num-samples must be ≥ 1')
+  if os.path.exists(args.out) and (not os.path.isdir(args.out) or os.listdir(args.out)):
+    raise inference.InputError(f'output {args.out} already exists and is not empty; choose another --out')
+  warn = lambda m: print(f'gcd-jax sample: warning: {m}', file=sys.stderr, flush=True)  # noqa: E731
+  pipe = GCDPipeline.from_pretrained(args.checkpoint, step=args.step, weights=args.weights, config=args.config,
+                                     overrides=args.overrides, progress=not args.no_progress, warn=warn)
+  settings = SamplerSettings(steps=args.steps, guidance_min=args.guidance_min, guidance_max=args.guidance_max,
+                             cond_aug=args.cond_aug, decoding_t=args.decoding_t, frame_rate=args.frame_rate,
+                             motion_bucket=args.motion_id, force_motion_bucket=args.force_custom_mbid)
+  inputs = InputSettings(frame_start=args.frame_start, frame_stride=args.frame_stride, width=args.frame_width,
+                         height=args.frame_height, num_frames=args.num_frames, center_crop=args.center_crop)
+  out = pipe(args.input, args.azimuth, args.elevation, args.radius,
+             trajectory='gradual' if args.gradual else 'direct', num_samples=args.num_samples, seed=args.seed,
+             settings=settings, inputs=inputs, trajectory_preset=args.trajectory)
+  info = {'input': os.path.abspath(args.input), 'checkpoint': os.path.abspath(pipe.checkpoint),
+          'model': pipe.model_cfg.name, 'delta': [args.azimuth, args.elevation, args.radius],
+          'gradual': bool(args.gradual), 'clip_frames': out.clip_frames, 'frame_rate': args.frame_rate,
+          'motion_bucket_id': out.motion_bucket_id, 'steps': args.steps,
+          'guidance': [args.guidance_min, args.guidance_max], 'seed': args.seed,
+          'diversity': inference.uncertainty(out.videos), 'warnings': out.warnings}
+  files = inference.save_outputs(args.out, out.input, out.videos, frame_rate=args.frame_rate,
+                                 spherical_dst=out.spherical_dst, info=info)
+  print('\n'.join([f'wrote {len(files)} files to {args.out}:'] + [f'  {os.path.basename(v)}' for v in files.values()]))
   return 0

@@ -349,7 +349,3 @@ def restore_model_checkpoint(ckpt_dir: str, cfg: ml_collections.ConfigDict | Non
     sh = shardings.get(name) if isinstance(shardings, Mapping) else shardings
     out.append(restore_component(ckpt_dir, cfg, name, sh))
   return tuple(out)
-
-
-def param_count(tree) -> int:
-  return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(_pure(tree))))

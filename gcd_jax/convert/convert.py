@@ -15,12 +15,12 @@
 
 `--init-missing` initialises exactly the GCD camera layers that `svd.safetensors` lacks
 (`unet.aux_label_emb.*`, `camera_embedder.proj.*`) with PyTorch's default Linear init
-U(±1/√fan_in) for weight and bias, as GCD does when fine-tuning from SVD (gcd_spec.md §1.2).
+U(±1/√fan_in) for weight and bias, as GCD does when fine-tuning from SVD (docs/reference.md §1.2).
 
 Keys the model does not hold are dropped only from documented lists (`sgm_keys.SGM_IGNORED`,
 `CKPT_IGNORED` lpips.*, `CKPT_EMA` model_ema.* with a warning, and the target-path encoder copy
 `first_stage_model.encoder.*`, which is compared against the conditioning encoder and warned about if
-it differs, gcd_spec.md §6 item 4). Anything else unexpected is an error.
+it differs, docs/reference.md §6 item 4). Anything else unexpected is an error.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import dataclasses
 import math
 import os
 import shutil
-import sys
 import time
 import warnings
 from typing import Iterable
@@ -37,6 +36,7 @@ from typing import Iterable
 import ml_collections
 import numpy as np
 
+from gcd_jax import progress as progress_lib
 from gcd_jax.convert import checkpoint_io, sgm_keys, sources
 from gcd_jax.convert.torch_layout import LeafSpec, WeightLoadError, leaf_specs
 
@@ -135,7 +135,7 @@ def _hint(fmt, cfg, available, missing, unexpected, mismatched, camera_keys) -> 
   if missing and set(missing) <= camera_keys and not unexpected and not mismatched:
     return ('the file has no GCD camera layers (an SVD checkpoint?): pass --init-missing to '
             'initialise the camera layers fresh, as GCD does when it starts from SVD '
-            '(gcd_spec.md §1.2)')
+            '(docs/reference.md §1.2)')
   guess = guess_preset(fmt, available)
   name = cfg.get('name', '?')
   if guess and guess != name:
@@ -238,16 +238,6 @@ def _torch_linear_init(specs: dict[str, LeafSpec], keys: list[str], rng: np.rand
   return out
 
 
-def _progress(total: int, enabled: bool, desc: str):
-  if not enabled:
-    return None
-  try:
-    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
-  return tqdm(total=total, desc=desc, unit='tensor', file=sys.stderr, dynamic_ncols=True)
-
-
 def convert_checkpoint(fmt: str, src, config, out_dir: str, *, init_missing: bool = False,
                        dtype: str = 'float32', seed: int = 0, progress: bool = True,
                        config_spec: str | None = None) -> Summary:
@@ -295,7 +285,7 @@ def convert_checkpoint(fmt: str, src, config, out_dir: str, *, init_missing: boo
 def _write(fmt, source, cfg, specs, plan: Plan, tmp: str, store_dtype, seed, progress, warn) -> dict:
   rng = np.random.default_rng(seed)
   n_tensors = sum(len(m.sgm) for m in plan.maps) + len(plan.duplicates)
-  bar = _progress(n_tensors, progress, f'convert {fmt}')
+  bar = progress_lib.bar(n_tensors, enabled=progress, desc=f'convert {fmt}', unit='tensor')
   read = 0
   initialised, param_counts, tensor_counts = [], {}, {}
   by_component: dict[str, list[sgm_keys.TensorMap]] = {}
@@ -351,7 +341,7 @@ def _write(fmt, source, cfg, specs, plan: Plan, tmp: str, store_dtype, seed, pro
 
 
 def _compare_duplicates(source, duplicates: dict[str, str], warn: list, bar) -> int:
-  """first_stage_model.encoder.* must equal the conditioning encoder we keep (gcd_spec.md §6 item 4)."""
+  """first_stage_model.encoder.* must equal the conditioning encoder we keep (docs/reference.md §6 item 4)."""
   differ = []
   for dup, src in sorted(duplicates.items()):
     a, b = source.read(dup), source.read(src)

@@ -20,6 +20,7 @@ import json
 import os
 from typing import Callable, Iterable
 
+import ml_dtypes
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -34,29 +35,19 @@ class DiffusersConfigError(ValueError):
   """A diffusers config.json that does not describe the network of the model config."""
 
 
-def _open(path: str, framework: str):
-  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
-  return safe_open(path, framework=framework)
-
-
 def _read_tensor(path: str, key: str) -> np.ndarray:
-  """One tensor as numpy; bfloat16 tensors (which numpy cannot hold) go through torch as float32."""
-  try:
-    with _open(path, 'numpy') as f:
-      return f.get_tensor(key)
-  except (TypeError, ValueError) as e:  # safetensors' numpy backend rejects bf16
-    try:
-      import torch  # pylint: disable=g-import-not-at-top
-    except ImportError:
-      raise ValueError(f'{path}: tensor {key} cannot be read as numpy ({e}); install torch to read '
-                       'bfloat16 safetensors') from e
-    with _open(path, 'pt') as f:
-      return f.get_tensor(key).to(torch.float32).numpy()
+  """One tensor as numpy through the project's one safetensors reader (sources.SafetensorsFile);
+  bfloat16 tensors come back as float32, as the loaders here expect."""
+  from gcd_jax.convert.sources import SafetensorsFile  # pylint: disable=g-import-not-at-top
+  with SafetensorsFile(path) as f:
+    a = f.read(key)
+  return a.astype(np.float32) if a.dtype == ml_dtypes.bfloat16 else a
 
 
 def _shapes_of(path: str) -> dict[str, tuple[int, ...]]:
-  with _open(path, 'numpy') as f:
-    return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+  from gcd_jax.convert.sources import SafetensorsFile  # pylint: disable=g-import-not-at-top
+  with SafetensorsFile(path) as f:
+    return dict(f.shapes)
 
 
 def read_safetensors_lazy(path: str) -> tuple[dict[str, tuple[int, ...]], Callable[[str], np.ndarray]]:
@@ -189,7 +180,7 @@ def check_diffusers_unet_config(config: dict, cfg: ml_collections.ConfigDict, wh
   n = len(want['block_out_channels'])
   diffs = []
   for field, expected in want.items():
-    if field == 'num_frames':  # not used by the forward pass (svd_weights.md §2b)
+    if field == 'num_frames':  # not used by the forward pass (docs/weights.md §2b)
       continue
     got = _normalise(field, config.get(field, _DIFFUSERS_UNET_DEFAULTS[field]), n)
     exp = _normalise(field, expected, n)
@@ -212,7 +203,7 @@ def load_diffusers_unet(folder: str, cfg: ml_collections.ConfigDict, rngs: nnx.R
   rngs None: the module is built abstractly and filled from the file (weights allocated once).
   A GCD config (aux_emb_dim > 0) needs `aux_label_emb.*` in the folder; an SVD folder has none — pass
   `init_missing_camera=True` together with `rngs` to start the camera MLP from PyTorch's default init,
-  as GCD's fine-tuning does (gcd_spec.md §1.2).
+  as GCD's fine-tuning does (docs/reference.md §1.2).
   """
   from gcd_jax.models.unet import VideoUNet  # pylint: disable=g-import-not-at-top
   folder = os.fspath(folder)

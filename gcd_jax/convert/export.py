@@ -4,7 +4,7 @@ The inverse of `convert.py`, through the same TensorMaps (`sgm_keys.py`), so sgm
 bit-exact for every tensor the model holds. Written tensor by tensor (`sources.write_safetensors`),
 restoring one component at a time: peak memory ≈ the largest component (the U-Net, 6.1 GB full size).
 
-sgm output (one file, prefixes of svd_weights.md §2a): `model.diffusion_model.*` (incl. GCD's
+sgm output (one file, prefixes of docs/weights.md §2a): `model.diffusion_model.*` (incl. GCD's
 `aux_label_emb.*`), `conditioner.embedders.5.proj.*` (camera), `first_stage_model.decoder.*`,
 `first_stage_model.encoder.*` and `conditioner.embedders.3.encoder.{encoder,quant_conv}.*` (the same
 encoder weights in both places: GCD's target path and its conditioning path),
@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import jax
 import numpy as np
 from flax import nnx
 
 from gcd_jax import fileio
+from gcd_jax import progress as progress_lib
 from gcd_jax.convert import checkpoint_io, sgm_keys, sources
 from gcd_jax.convert.convert import expected_file_shapes, make_maps, np_dtype
 from gcd_jax.convert.torch_layout import leaf_specs
@@ -89,16 +89,6 @@ class _Producer:
     return np.asarray(result).astype(self.dtype, copy=False)
 
 
-def _bar(total, enabled, desc):
-  if not enabled:
-    return None
-  try:
-    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
-  return tqdm(total=total, desc=desc, unit='tensor', file=sys.stderr, dynamic_ncols=True)
-
-
 def export_checkpoint(ckpt_dir: str, to: str, out_path: str, *, dtype: str | None = None,
                       progress: bool = True) -> dict:
   """Writes `out_path` (sgm: a .safetensors file; diffusers: a folder). Returns a small summary."""
@@ -123,7 +113,7 @@ def export_checkpoint(ckpt_dir: str, to: str, out_path: str, *, dtype: str | Non
       shapes[dup] = shapes[src]
     produce = _Producer(ckpt_dir, cfg, maps, specs, dups, out_dtype)
     keys = sorted(shapes, key=lambda k: (components.index(produce.component_of(k)), k))
-    bar = _bar(len(keys), progress, 'export sgm')
+    bar = progress_lib.bar(len(keys), enabled=progress, desc='export sgm', unit='tensor')
     try:
       size = sources.write_safetensors(
           out_path, [(k, shapes[k], out_dtype) for k in keys], produce,
@@ -142,7 +132,7 @@ def _export_diffusers(cfg, produce, shapes, out_path, out_dtype, dtype, progress
   folders: dict[str, list[str]] = {}
   for k in sorted(shapes, key=lambda k: (order.index(k.split('/', 1)[0]), k)):
     folders.setdefault(k.split('/', 1)[0], []).append(k)
-  bar = _bar(len(shapes), progress, 'export diffusers')
+  bar = progress_lib.bar(len(shapes), enabled=progress, desc='export diffusers', unit='tensor')
   total = 0
   try:
     with fileio.atomic_dir(out_path) as tmp:

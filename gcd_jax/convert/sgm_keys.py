@@ -1,7 +1,7 @@
 """sgm (Stability `svd.safetensors`, GCD `.ckpt`) key names ⇄ our (diffusers / transformers) key names.
 
 Our modules carry diffusers / transformers names (`torch_layout.py`), so converting the sgm format is a
-pure renaming plus four tiny, exactly invertible tensor transforms (svd_weights.md §3, §4):
+pure renaming plus four tiny, exactly invertible tensor transforms (docs/weights.md §3, §4):
 
 | transform      | sgm tensor(s)                         | our tensor(s)                        |
 |----------------|---------------------------------------|--------------------------------------|
@@ -18,10 +18,10 @@ Our side is named per component of the converted checkpoint (`checkpoint_io.py`)
 * `vae`: diffusers `AutoencoderKLTemporalDecoder` keys (`encoder.*`, `quant_conv.*`, `decoder.*`),
 * `clip`: transformers `CLIPVisionModelWithProjection` keys (`vision_model.*`, `visual_projection.*`).
 
-sgm side (full keys, prefixes of svd_weights.md §2a):
+sgm side (full keys, prefixes of docs/weights.md §2a):
 * `model.diffusion_model.*` → network `unet.*`; `conditioner.embedders.5.proj.*` → `camera_embedder.proj.*`;
 * `conditioner.embedders.3.encoder.{encoder,quant_conv}.*` → vae `encoder.*` / `quant_conv.*` (the encoder
-  of the conditioning frame, gcd_spec.md §6 item 4); `first_stage_model.decoder.*` → vae `decoder.*`;
+  of the conditioning frame, docs/reference.md §6 item 4); `first_stage_model.decoder.*` → vae `decoder.*`;
 * `first_stage_model.encoder.*` (the target-path encoder) holds the same weights in SVD / GCD: it is
   written on export (`SGM_DUPLICATES`) and on import only compared against the conditioning copy;
 * `conditioner.embedders.0.open_clip.model.visual.*` → clip.
@@ -43,11 +43,11 @@ CLIP_PREFIX = 'conditioner.embedders.0.open_clip.model.visual.'
 
 # sgm keys a model never reads; dropped on import (and not written on export). Globs (fnmatch).
 SGM_IGNORED = (
-    # Unused 2-D decoder of the conditioning autoencoder (AutoencoderKLModeOnly), svd_weights.md §2a.
+    # Unused 2-D decoder of the conditioning autoencoder (AutoencoderKLModeOnly), docs/weights.md §2a.
     'conditioner.embedders.3.encoder.decoder.*',
     'conditioner.embedders.3.encoder.post_quant_conv.*',
     # The target path (first_stage_model, AutoencodingEngine) has no quant convs; if a file has them,
-    # sgm ignores them too (gcd_spec.md §6 item 4).
+    # sgm ignores them too (docs/reference.md §6 item 4).
     'first_stage_model.quant_conv.*',
     'first_stage_model.post_quant_conv.*',
     # Leftovers of the OpenCLIP text tower (the image tower is all SVD uses).
@@ -113,7 +113,7 @@ class TensorMap:
 
 
 # ---------------------------------------------------------------------------------------------------
-# U-Net (svd_weights.md §3)
+# U-Net (docs/weights.md §3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +135,7 @@ _UNET_TOP = {  # ours → sgm (prefix of the rest of the key)
     'time_embedding.linear_2.': 'time_embed.2.',
     'add_embedding.linear_1.': 'label_emb.0.0.',
     'add_embedding.linear_2.': 'label_emb.0.2.',
-    'aux_label_emb.linear_1.': 'aux_label_emb.0.',  # GCD camera MLP (gcd_spec.md §1.5)
+    'aux_label_emb.linear_1.': 'aux_label_emb.0.',  # GCD camera MLP (docs/reference.md §1.5)
     'aux_label_emb.linear_2.': 'aux_label_emb.2.',
     'conv_in.': 'input_blocks.0.0.',
     'conv_norm_out.': 'out.0.',
@@ -278,7 +278,7 @@ def _unblock(prefix: str, kind: str, rest: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# VAE (svd_weights.md §4). sgm `up.ℓ` ⇄ diffusers `up_blocks.(L-1-ℓ)`.
+# VAE (docs/weights.md §4). sgm `up.ℓ` ⇄ diffusers `up_blocks.(L-1-ℓ)`.
 
 _VAE_RES_2D = {'norm1.': 'norm1.', 'conv1.': 'conv1.', 'norm2.': 'norm2.', 'conv2.': 'conv2.',
                'conv_shortcut.': 'nin_shortcut.'}
@@ -415,7 +415,7 @@ def _vae_common_inv(rest: str, res_inv: Mapping[str, str]) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# CLIP image tower: open_clip `visual` ⇄ transformers CLIPVisionModelWithProjection (svd_weights.md §4)
+# CLIP image tower: open_clip `visual` ⇄ transformers CLIPVisionModelWithProjection (docs/weights.md §4)
 
 _CLIP_TOP = {
     'vision_model.embeddings.patch_embedding.weight': 'conv1.weight',

@@ -292,7 +292,7 @@ class CkptSource(Source):
     ema = self._drop(sgm_keys.CKPT_EMA)
     if ema:
       self.warnings.append(f'{len(ema)} EMA tensor(s) (model_ema.*) ignored: the converted weights '
-                           'are the training weights (GCD trains without EMA, svd_weights.md §2c)')
+                           'are the training weights (GCD trains without EMA, docs/weights.md §2c)')
     self.ignored = self._drop(sgm_keys.CKPT_IGNORED) + ema + self._drop(sgm_keys.SGM_IGNORED)
 
   def read(self, key):

@@ -1,4 +1,4 @@
-"""Model inputs from a batch (gcd_spec.md §1.3, §1.6, §1.7: sgm `GeneralConditioner` with GCD's embedders).
+"""Model inputs from a batch (docs/reference.md §1.3, §1.6, §1.7: sgm `GeneralConditioner` with GCD's embedders).
 
 Batch keys (channels-last version of §4.10, rows = B·T with frames inner):
   'cond_frames_without_noise' [B·T, H, W, 3] clean source frames in [-1, 1]   → CLIP → crossattn [B·T, 1, D]

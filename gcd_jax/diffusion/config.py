@@ -1,4 +1,4 @@
-"""Hyper-parameters of the GCD diffusion objective and sampler (gcd_spec.md §2), one `ConfigDict`.
+"""Hyper-parameters of the GCD diffusion objective and sampler (docs/reference.md §2), one `ConfigDict`.
 
   from gcd_jax.diffusion.config import diffusion_config
   cfg = diffusion_config()            # the reference defaults (Kubric/PD RGB models)

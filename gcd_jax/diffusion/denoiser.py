@@ -1,4 +1,4 @@
-"""Preconditioned x₀-denoiser D(x; σ) (gcd_spec.md §2.1: sgm `Denoiser` + `VScalingWithEDMcNoise`).
+"""Preconditioned x₀-denoiser D(x; σ) (docs/reference.md §2.1: sgm `Denoiser` + `VScalingWithEDMcNoise`).
 
   D(x; σ) = c_skip·x + c_out·F(concat[c_in·x, cond['concat']], c_noise, cond['crossattn'], cond['vector'])
 

@@ -1,4 +1,4 @@
-"""EDM noise-level schedule for sampling (gcd_spec.md §2.4: sgm `EDMDiscretization`)."""
+"""EDM noise-level schedule for sampling (docs/reference.md §2.4: sgm `EDMDiscretization`)."""
 
 from __future__ import annotations
 

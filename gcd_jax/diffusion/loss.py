@@ -1,4 +1,4 @@
-"""The GCD training loss (gcd_spec.md §2.2–2.3: GCD's rewritten `StandardDiffusionLoss.get_loss`).
+"""The GCD training loss (docs/reference.md §2.2–2.3: GCD's rewritten `StandardDiffusionLoss.get_loss`).
 
 Composable pieces, all pure and jit/grad friendly:
 

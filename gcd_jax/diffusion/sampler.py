@@ -1,4 +1,4 @@
-"""EDM Euler sampler with GCD's linear per-frame prediction guidance (gcd_spec.md §2.4, §1.7).
+"""EDM Euler sampler with GCD's linear per-frame prediction guidance (docs/reference.md §2.4, §1.7).
 
 Layers, from pure math to the compiled program:
 

@@ -1,4 +1,4 @@
-"""Training noise levels (gcd_spec.md §2.2: sgm `EDMSampling` + GCD's `harmonize_sigmas`)."""
+"""Training noise levels (docs/reference.md §2.2: sgm `EDMSampling` + GCD's `harmonize_sigmas`)."""
 
 from __future__ import annotations
 

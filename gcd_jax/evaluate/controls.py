@@ -1,4 +1,4 @@
-"""Test controls: the reference's control JSON formats (gcd_spec.md §5.2) and a seeded generator.
+"""Test controls: the reference's control JSON formats (docs/reference.md §5.2) and a seeded generator.
 
 Formats (`eval/list/*.json`), one entry per scene name and `sample_XX` (XX = --control-idx):
 * Kubric-4D  `{"scn02900": {"sample_00": {"spherical_start": [az°, el°, r], "spherical_end": [az°, el°, r],
@@ -87,7 +87,7 @@ def control_for(controls: dict, scene: str, control_idx: int, kind: str) -> dict
       out['fps'] = int(entry.get('fps', round(PARDOM_FPS / out['frame_skip'])))
   except KeyError as e:
     raise ControlError(f'control entry {base}/{sample_name(control_idx)} lacks key {e}; expected the '
-                       f'{kind} format of gcd_spec.md §5.2') from e
+                       f'{kind} format of docs/reference.md §5.2') from e
   if out['frame_skip'] < 1 or out['frame_start'] < 0:
     raise ControlError(f'control entry {base}/{sample_name(control_idx)}: frame_start ≥ 0 and frame_skip ≥ 1 '
                        f'required, got {out["frame_start"]}, {out["frame_skip"]}')

@@ -1,4 +1,4 @@
-r"""Batch sampling evaluation over a test split (gcd_spec.md §5), resumable, sharded, with reports.
+r"""Batch sampling evaluation over a test split (docs/reference.md §5), resumable, sharded, with reports.
 
   gcd-jax evaluate --config configs/gcd.py:data=kubric --checkpoint ckpt/ --split test \
       --list eval/list/kubric_test20.txt --controls eval/list/kubric_valtest_controls_gradual.json \
@@ -50,7 +50,7 @@ FRAME_METRICS = ('psnr', 'ssim', 'psnr_vis', 'ssim_vis', 'psnr_occ', 'ssim_occ',
 # Baselines scored against the same ground truth, one "sample" per scene (docs/evaluation.md):
 #   copy      the input video itself (what a model that ignores the camera would output);
 #   meanframe the per-pixel temporal mean of the input video, at every frame;
-#   reproject the input view's points rendered at the target camera (gcd_spec §4.8 item 8's test-time
+#   reproject the input view's points rendered at the target camera (docs/reference.md §4.8 item 8's test-time
 #             "reproject" video): geometry from the GT depth, so an upper reference, not a competitor.
 BASELINES = ('copy', 'meanframe', 'reproject')
 BASELINE_METRICS = tuple(f'{m}_{b}' for b in BASELINES for m in ('psnr', 'ssim'))
@@ -402,10 +402,8 @@ def run_loop(out_dir: str, scenes: Sequence[str], make_example: Callable[[str], 
     (stats.skipped if is_finished(out_dir, s) else todo).append(s)
   if max_scenes > 0:
     todo = todo[:max_scenes]
-  bar = None
-  if progress:
-    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-    bar = tqdm(total=len(todo), desc='evaluate', unit='scene')
+  from gcd_jax import progress as progress_lib  # pylint: disable=g-import-not-at-top
+  bar = progress_lib.bar(len(todo), enabled=progress, desc='evaluate', unit='scene')
   t0 = time.perf_counter()
   for i in range(0, len(todo), batch_size):
     chunk = todo[i:i + batch_size]

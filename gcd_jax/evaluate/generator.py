@@ -207,17 +207,20 @@ class VideoGenerator:
     batch = {k: jax.device_put(v, self._data) for k, v in batch.items()}
     # One jitted call per sample index (compiled once): a progress bar over samples, same numbers.
     outs = []
-    it = range(self.num_samples)
-    if self.progress and self.num_samples > 1:
-      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-      it = tqdm(it, desc='sampling', unit='sample', leave=False)
+    from gcd_jax import progress as progress_lib  # pylint: disable=g-import-not-at-top
+    bar = progress_lib.bar(self.num_samples, enabled=self.progress and self.num_samples > 1, desc='sampling',
+                           unit='sample', leave=False)
     signature = (self._static['cfg_json'], self._static['diff_json'], tuple(batch['cond_frames'].shape))
     if signature not in _ANNOUNCED:  # once per program (the jit is module-level: generators share it)
       t = batch['cond_frames'].shape[1]
       print(f'[gcd-jax] compiling the sampler ({self.batch_size} video(s) × {t} frames, {self._steps} steps with '
             'guidance, VAE decode); the persistent compilation cache reuses it on later runs', flush=True)
       _ANNOUNCED.add(signature)
-    for s in it:
+    for s in range(self.num_samples):
       outs.append(np.asarray(_sample_jit(self._state, batch, jax.device_put(keys[:, s:s + 1], self._data),
                                          **self._static)))
+      if bar is not None:
+        bar.update(1)
+    if bar is not None:
+      bar.close()
     return np.concatenate(outs, axis=1)[:n]

@@ -1,4 +1,4 @@
-r"""Custom videos → new camera views (the reference's `scripts/infer.py`, gcd_spec.md §5.6).
+r"""Custom videos → new camera views (the reference's `scripts/infer.py`, docs/reference.md §5.6).
 
   gcd-jax sample --checkpoint ckpt/gcd_kubric --input my_video.mp4 --azimuth 30 --elevation 15 \
       --radius 0 --gradual --out out/my_video
@@ -23,7 +23,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 
 import numpy as np
 
@@ -320,76 +319,3 @@ def uncertainty(samples01: np.ndarray) -> float:
   if samples01.shape[0] < 2:
     return math.nan
   return float(np.mean(np.std(samples01, axis=0)))
-
-
-def sample_from_args(args) -> str:
-  """The `gcd-jax sample` job: validate everything, then load the model and sample."""
-  from gcd_jax.evaluate import evaluate as ev  # pylint: disable=g-import-not-at-top
-  from gcd_jax.evaluate import generator as gen_lib  # pylint: disable=g-import-not-at-top
-  from gcd_jax.geometry import trajectory  # pylint: disable=g-import-not-at-top
-
-  # ---- checks before any compute
-  if args.num_samples < 1 or args.steps < 1:
-    raise InputError('--num-samples and --steps must be ≥ 1')
-  if os.path.exists(args.out) and (not os.path.isdir(args.out) or os.listdir(args.out)):
-    raise InputError(f'output {args.out} already exists and is not empty; choose another --out')
-  if args.frame_rate < 1:
-    raise InputError('--frame-rate must be ≥ 1 (the FPS after subsampling)')
-  if args.config:
-    model_cfg, train_cfg = gen_lib.resolve_config(args.config, getattr(args, 'overrides', ()))
-  else:
-    model_cfg, train_cfg = gen_lib.config_from_checkpoint(args.checkpoint)
-  gen_lib.check_checkpoint_matches(args.checkpoint, model_cfg)
-  t = int(args.num_frames or model_cfg.num_frames)
-  if t < 1:
-    raise InputError('--num-frames must be ≥ 1')
-  width, height = default_frame_size(model_cfg, train_cfg)
-  width, height = args.frame_width or width, args.frame_height or height
-  multiple = gen_lib.required_multiple(model_cfg)
-  spec = InputSpec(path=args.input, num_frames=t, frame_start=args.frame_start, frame_stride=args.frame_stride,
-                   frame_width=width, frame_height=height, center_crop=args.center_crop, size_multiple=multiple)
-  validate_input(spec)
-  check_fits(model_cfg, num_frames=t, width=width, height=height, decoding_t=args.decoding_t, multiple=multiple)
-  traj_preset = args.trajectory or (train_cfg.data.trajectory if train_cfg is not None and 'data' in train_cfg
-                                    else 'kubric_gradual_max90')
-  traj_cfg = trajectory.trajectory_config(traj_preset)
-  traj_cfg.num_frames = t
-  check_camera_request((args.azimuth, args.elevation, args.radius), traj_cfg,
-                       motion_bucket=args.motion_id,
-                       warn=lambda m: print(f'gcd-jax sample: warning: {m}', file=sys.stderr, flush=True))
-  cam = camera_conditioning((args.azimuth, args.elevation, args.radius), t, gradual=args.gradual,
-                            traj_cfg=traj_cfg, motion_bucket=args.motion_id,
-                            force_motion_bucket=args.force_custom_mbid)
-  if model_cfg.camera.embedder == 'pose':
-    raise InputError('the 6-DoF pose camera model is not supported by `sample` (the reference leaves it a '
-                     'stub, §6 item 15); use a spherical-camera checkpoint')
-
-  # ---- input, conditioning
-  input01 = prepare_input(spec)
-  cond = input01 * 2.0 - 1.0
-  noise = ev.cond_noise(args.seed, 0, cond.shape)
-  example = {
-      'cond_frames_without_noise': cond.astype(np.float32),
-      'cond_frames': (cond + args.cond_aug * noise).astype(np.float32),
-      'fps_id': np.full((t,), args.frame_rate, np.int32),
-      'motion_bucket_id': np.full((t,), cam['motion_bucket_id'], np.int32),
-      'cond_aug': np.full((t,), args.cond_aug, np.float32),
-      'scaled_relative_angles': cam['scaled_relative_angles'],
-      'scaled_relative_pose': np.tile(np.eye(4, dtype=np.float32)[:3], (t, 1, 1)),
-  }
-  keys = np.stack([[ev.sample_seed(args.seed, 0, j) for j in range(args.num_samples)]])
-  generator = gen_lib.VideoGenerator(args.checkpoint, model_cfg, batch_size=1, steps=args.steps,
-                                     num_samples=args.num_samples,
-                                     guidance=(args.guidance_min, args.guidance_max),
-                                     decoding_t=min(args.decoding_t, t), progress=not args.no_progress)
-  samples01 = generator([example], keys)[0]
-  info = {'input': os.path.abspath(args.input), 'checkpoint': os.path.abspath(args.checkpoint),
-          'model': model_cfg.name, 'delta': [args.azimuth, args.elevation, args.radius],
-          'gradual': bool(args.gradual), 'clip_frames': spec.clip_frames().tolist(),
-          'frame_rate': args.frame_rate, 'motion_bucket_id': cam['motion_bucket_id'],
-          'steps': args.steps, 'guidance': [args.guidance_min, args.guidance_max], 'seed': args.seed,
-          'diversity': uncertainty(samples01)}
-  files = save_outputs(args.out, input01, samples01, frame_rate=args.frame_rate,
-                       spherical_dst=cam['spherical_dst'], info=info)
-  return '\n'.join([f'wrote {len(files)} files to {args.out}:'] + [f'  {os.path.basename(v)}' for v in
-                                                                      files.values()])

@@ -159,12 +159,6 @@ def line_plot(path: str, series: dict[str, Sequence[float]], *, title: str, xlab
 # ----------------------------------------------------------------------------------------- reading
 
 
-def is_image_folder(path: str) -> bool:
-  files = [f for f in os.listdir(path) if os.path.isfile(os.path.join(path, f))]
-  images = [f for f in files if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
-  return len(images) > 0 and len(images) >= 0.5 * len(files)
-
-
 def read_image(path: str) -> np.ndarray:
   try:
     with Image.open(path) as im:

@@ -3,7 +3,7 @@
 Everything is channels-last on `[0, 1]` floats: images `[..., H, W, C]`, masks `[..., H, W]` (bool),
 any number of leading batch axes (samples, frames, ...). Per-image results have shape `[...]`.
 
-What the reference computes (gcd_spec.md §5.3, `gcd-model/scripts/test.py :: calculate_metrics`):
+What the reference computes (docs/reference.md §5.3, `gcd-model/scripts/test.py :: calculate_metrics`):
 * PSNR   = `skimage.metrics.peak_signal_noise_ratio(pred, gt, data_range=1)` over all C·H·W values.
 * SSIM   = `skimage.metrics.structural_similarity(pred, gt, data_range=1, channel_axis=0)`: per channel a
            7×7 uniform window (scipy `uniform_filter`), sample covariance (× N/(N−1), N = 49), K1 0.01,

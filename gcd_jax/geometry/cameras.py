@@ -1,4 +1,4 @@
-"""GCD camera conventions (gcd_spec.md §1.4, §4.4, §4.9), NumPy float64 (host side, data pipeline).
+"""GCD camera conventions (docs/reference.md §1.4, §4.4, §4.9), NumPy float64 (host side, data pipeline).
 
 Conventions
 * Spherical (az°, el°, r m): elevation is the *latitude* above the XY plane (0 = horizon, + = above),

@@ -1,4 +1,4 @@
-"""RGB-D → point clouds (gcd_spec.md §4.4; `data_utils.py :: unproject_pixels_to_points`,
+"""RGB-D → point clouds (docs/reference.md §4.4; `data_utils.py :: unproject_pixels_to_points`,
 `convert_pcl_kubric.py :: correct_depth_ball_plane_torch`), NumPy.
 
 Every pixel is unprojected (no filtering), at integer pixel coordinates u = 0..W−1, v = 0..H−1:

@@ -1,4 +1,4 @@
-"""The point-cloud renderer of GCD (gcd_spec.md §4.8; reference `geometry.py :: project_points_to_pixels,
+"""The point-cloud renderer of GCD (docs/reference.md §4.8; reference `geometry.py :: project_points_to_pixels,
 spreaded_index_add, blur_into_black`, `kubric_arbit.py :: synth_src_dst_rgb`), in JAX: jittable, float32,
 no x64.
 

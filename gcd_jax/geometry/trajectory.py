@@ -1,4 +1,4 @@
-"""Camera trajectories and the training pose sampling of GCD (gcd_spec.md §1.3, §1.4, §4.5–4.7), NumPy.
+"""Camera trajectories and the training pose sampling of GCD (docs/reference.md §1.3, §1.4, §4.5–4.7), NumPy.
 
 Public API
   trajectory_alpha(num_frames, move_time, kind)                 → α_t [T]

@@ -1,10 +1,10 @@
-"""GCD's camera conditioning embedders (sgm `conditioner.embedders.5`, gcd_spec.md §1.3–1.5).
+"""GCD's camera conditioning embedders (sgm `conditioner.embedders.5`, docs/reference.md §1.3–1.5).
 
 * `SphericalEmbedder` (used by the released Kubric models): per frame (Δazimuth rad, Δelevation rad,
   Δradius m) → 13 periodic features → Linear(13, D). Its output fills y[:, 768:768+D].
 * `CameraEmbedder` (the 6-DoF variant, `camera.embedder='pose'`): the relative 3×4 pose flattened
   row-major → Linear(12, D).
-Both are trainable and PyTorch-default initialised (gcd_spec.md §1.2). sgm keys
+Both are trainable and PyTorch-default initialised (docs/reference.md §1.2). sgm keys
 `conditioner.embedders.5.proj.{weight,bias}` are our `proj.{kernel,bias}`.
 """
 
@@ -23,9 +23,9 @@ NUM_SPHERICAL_FEATURES = 13
 
 def spherical_features(rel_angles: jax.Array) -> jax.Array:
   """rel_angles [N, 3] = (Δaz rad, Δel rad, Δr m) → [N, 13] float32, in GCD's exact order:
-  [cos a, sin a, cos 2a, sin 2a, cos 4a, sin 4a, (same six for elevation), Δr] (gcd_spec.md §1.5).
+  [cos a, sin a, cos 2a, sin 2a, cos 4a, sin 4a, (same six for elevation), Δr] (docs/reference.md §1.5).
 
-  No azimuth wrapping: the periodic features make ±π identical anyway (gcd_spec.md §1.4).
+  No azimuth wrapping: the periodic features make ±π identical anyway (docs/reference.md §1.4).
   """
   rel_angles = jnp.asarray(rel_angles, jnp.float32)
   if rel_angles.ndim != 2 or rel_angles.shape[-1] != 3:

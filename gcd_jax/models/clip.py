@@ -1,19 +1,19 @@
 """The CLIP image tower of SVD / GCD (OpenCLIP ViT-H/14 as transformers `CLIPVisionModelWithProjection`),
 and GCD's frame preprocessing for it.
 
-transformers 5 has no Flax CLIP (stack.md), so this is our own ViT. Parameter names are transformers'
+transformers 5 has no Flax CLIP (docs/dependencies.md), so this is our own ViT. Parameter names are transformers'
 (`vision_model.embeddings.{patch_embedding, class_embedding, position_embedding}`,
 `vision_model.pre_layrnorm` (sic), `vision_model.encoder.layers.i.{layer_norm1, self_attn.{q,k,v,out}_proj,
 layer_norm2, mlp.{fc1, fc2}}`, `vision_model.post_layernorm`, `visual_projection`), so a diffusers
 `image_encoder/` folder loads 1:1 through `gcd_jax.convert` (the position embedding's leaf is
-`embedding` → torch `.weight`; svd_weights.md §4 gives the OpenCLIP names of the sgm checkpoint).
+`embedding` → torch `.weight`; docs/weights.md §4 gives the OpenCLIP names of the sgm checkpoint).
 
 Forward: patches (conv p×p stride p, no bias) → [CLS ‖ patches] + positions → pre-LN → pre-norm
 transformer layers (x += attn(LN1 x); x += MLP(LN2 x)) → post-LN of the CLS token → visual_projection
 (no bias) = `image_embeds` [N, projection_dim]. GELU is exact erf for ViT-H (`hidden_act='gelu'`);
 `'quick_gelu'` (x·σ(1.702x), OpenAI CLIPs) is supported as well. LayerNorm eps 1e-5.
 
-GCD preprocessing (gcd_spec.md §1.3, sgm `FrozenOpenCLIPImageEmbedder.preprocess`):
+GCD preprocessing (docs/reference.md §1.3, sgm `FrozenOpenCLIPImageEmbedder.preprocess`):
 `kornia.geometry.resize(x, (224, 224), interpolation='bicubic', align_corners=True, antialias=True)`
 (no crop: a 3:2 frame is squashed), then [-1, 1] → [0, 1], then CLIP mean/std normalisation.
 kornia's antialias is a Gaussian blur before the bicubic resize, only when downscaling (max factor > 1):
@@ -280,7 +280,7 @@ def resize_bicubic(images: jax.Array, size: tuple[int, int], *, antialias: bool 
 
 
 def preprocess_frames_for_clip(frames: jax.Array, image_size: int = 224) -> jax.Array:
-  """GCD's CLIP preprocessing (gcd_spec.md §1.3): frames [N, H, W, 3] in [-1, 1] → [N, S, S, 3].
+  """GCD's CLIP preprocessing (docs/reference.md §1.3): frames [N, H, W, 3] in [-1, 1] → [N, S, S, 3].
 
   Antialiased bicubic resize to S×S (align_corners=True, no crop: the frame is squashed), [-1, 1] →
   [0, 1], then (x − CLIP_MEAN) / CLIP_STD.

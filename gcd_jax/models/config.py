@@ -88,7 +88,7 @@ def resblock_norm_eps(cfg_unet: ml_collections.ConfigDict, location: str, level:
 
   location: 'down' | 'mid' | 'up'; level: diffusers block index (down_blocks.i / up_blocks.i).
   'sgm' → 1e-5 everywhere (reference). 'diffusers' → 1e-6 in down_blocks.0..n-2 and every up block,
-  1e-5 in the last down block and the mid block (svd_weights.md §0, §5).
+  1e-5 in the last down block and the mid block (docs/weights.md §0, §5).
   """
   eps = cfg_unet.resblock_norm_eps
   if eps == 'sgm':

@@ -1,4 +1,4 @@
-"""The trainable GCD network: the VideoUNet plus the camera embedder (gcd_spec.md §1.5, §1.8).
+"""The trainable GCD network: the VideoUNet plus the camera embedder (docs/reference.md §1.5, §1.8).
 
 `GCDNetwork.__call__(x, c_noise, context, vector_without_camera, camera, *, num_frames, ...)` is a
 convenience that appends the camera embedding to the SVD vector (y = [fps | motion | cond_aug | camera],

@@ -12,7 +12,7 @@ Conventions (see DEVELOPERS.md / README "Python API"):
   `embed` (a Linear's input features / a conv's input channels), `mlp` (output features / channels),
   `norm` (norm scales and biases) — and `None` for kernel spatial dims.
 * Initialisers reproduce PyTorch defaults (`U(-1/sqrt(fan_in), 1/sqrt(fan_in))` for Linear/Conv weights
-  and biases) because GCD initialises its new camera layers with them (gcd_spec.md §1.2).
+  and biases) because GCD initialises its new camera layers with them (docs/reference.md §1.2).
 """
 
 from __future__ import annotations

@@ -6,10 +6,10 @@ Usage (big_vision style, one string argument selects the preset):
   python -c "from gcd_jax.models import presets; print(presets.get_config('tiny'))"
 
 Presets
-* `svd`      SVD 14-frame img2vid (gcd_spec.md §1.2, svd_weights.md §2–3): U-Net 1,524,623,082 params,
+* `svd`      SVD 14-frame img2vid (docs/reference.md §1.2, docs/weights.md §2–3): U-Net 1,524,623,082 params,
              VAE 97,742,847, CLIP ViT-H/14 image tower. No camera conditioning (= GCD ParallelDomain).
 * `gcd`      `svd` + GCD camera conditioning: SphericalEmbedder (13 → 128) and `aux_label_emb`
-             (128 → 1280 → 1280) added to the timestep embedding per frame (gcd_spec.md §1.5).
+             (128 → 1280 → 1280) added to the timestep embedding per frame (docs/reference.md §1.5).
 * `gcd_pose` `gcd` with the 6-DoF `CameraEmbedder` (flattened 3×4 relative pose → Linear(12, 128)).
 * `tiny`     a two-level U-Net / VAE / 2-layer CLIP that compiles and runs on CPU in seconds, with the
              GCD camera path on (every code path of `gcd` is exercised).
@@ -31,7 +31,7 @@ PRESETS = ('svd', 'gcd', 'gcd_pose', 'tiny', 'tiny_svd', 'demo')
 
 
 def unet_svd() -> ml_collections.ConfigDict:
-  """VideoUNet hyper-parameters, sgm names (gcd_spec.md §1.2)."""
+  """VideoUNet hyper-parameters, sgm names (docs/reference.md §1.2)."""
   return ml_collections.ConfigDict(dict(
       in_channels=8,
       out_channels=4,
@@ -52,7 +52,7 @@ def unet_svd() -> ml_collections.ConfigDict:
       num_groups=32,
       # ResBlock GroupNorm eps: 'sgm' = 1e-5 everywhere (the reference GCD/SVD code, our default);
       # 'diffusers' = 1e-6 in down_blocks.0-2 and all up_blocks, 1e-5 in down_blocks.3 and mid_block
-      # (svd_weights.md §5). A float sets every ResBlock.
+      # (docs/weights.md §5). A float sets every ResBlock.
       resblock_norm_eps='sgm',
       transformer_norm_eps=1e-6,  # GroupNorm before proj_in, both implementations.
       out_norm_eps=1e-5,
@@ -66,7 +66,7 @@ def camera_gcd() -> ml_collections.ConfigDict:
 
 
 def vae_svd() -> ml_collections.ConfigDict:
-  """AutoencoderKLTemporalDecoder (svd_weights.md §2b, §4)."""
+  """AutoencoderKLTemporalDecoder (docs/weights.md §2b, §4)."""
   return ml_collections.ConfigDict(dict(
       in_channels=3,
       out_channels=3,

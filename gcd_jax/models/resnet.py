@@ -3,9 +3,9 @@
 Layout: rows `[B·T, H, W, C]` with frames inner (row = b·T + t); the temporal branch views them as videos
 `[B, T, H, W, C]`. Names mirror diffusers (`spatial_res_block.{norm1,conv1,time_emb_proj,norm2,conv2,
 conv_shortcut}`, `temporal_res_block.{...}`, `time_mixer.mix_factor`) so `convert/torch_layout.py` maps the
-weights 1:1 (svd_weights.md §3 gives the sgm names).
+weights 1:1 (docs/weights.md §3 gives the sgm names).
 
-Math (gcd_spec.md §1.2, svd_weights.md §5): spatial ResBlock GN→SiLU→conv3×3 (+ Linear(SiLU(emb)))
+Math (docs/reference.md §1.2, docs/weights.md §5): spatial ResBlock GN→SiLU→conv3×3 (+ Linear(SiLU(emb)))
 →GN→SiLU→conv3×3 (+ 1×1 skip if the width changes); temporal ResBlock the same with Conv3d (3,1,1) kernels
 over frames (zero padding per video) and the per-frame emb; then `α·x_spatial + (1−α)·x_temporal`,
 α = sigmoid(mix_factor), α = 1 on image-only frames (`merge_strategy='learned_with_images'`).

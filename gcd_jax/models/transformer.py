@@ -4,12 +4,12 @@
 Names mirror diffusers: `norm`, `proj_in`, `transformer_blocks.i` (BasicTransformerBlock: norm1, attn1,
 norm2, attn2, norm3, ff), `temporal_transformer_blocks.i` (TemporalBasicTransformerBlock: norm_in, ff_in,
 norm1, attn1, norm2, attn2, norm3, ff), `time_pos_embed.linear_{1,2}`, `time_mixer.mix_factor`,
-`proj_out` (svd_weights.md §3 lists the sgm spellings).
+`proj_out` (docs/weights.md §3 lists the sgm spellings).
 
-Math (gcd_spec.md §1.2, svd_weights.md §5): x_in → GroupNorm(eps 1e-6) → tokens → proj_in → spatial
+Math (docs/reference.md §1.2, docs/weights.md §5): x_in → GroupNorm(eps 1e-6) → tokens → proj_in → spatial
 block (self-attn, cross-attn to the row's own context, GEGLU FF); x_mix = x + MLP(sinusoid(frame index));
 temporal block over frames (ff_in residual, self-attn over T, cross-attn to the FIRST frame's context of
-each video — `use_spatial_context=True`, gcd_spec.md §6 item 2 — and FF); α·x_spatial + (1−α)·x_mix with
+each video — `use_spatial_context=True`, docs/reference.md §6 item 2 — and FF); α·x_spatial + (1−α)·x_mix with
 one shared `time_mixer` for all depth layers (as in both references); proj_out; + x_in.
 """
 

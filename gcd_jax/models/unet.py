@@ -5,10 +5,10 @@ Interface (contract): per-row inputs, rows = B·T with frames inner (row = b·T 
   y [B·T, adm_in_channels + aux_emb_dim], image_only_indicator [B, T] or None (= zeros)
   → [B·T, h, w, out_channels] float32.
 This is sgm's interface and a superset of diffusers' (which repeats one context / one set of ids over
-the frames): GCD conditions every frame separately (svd_weights.md §2c, gcd_spec.md §1.5).
+the frames): GCD conditions every frame separately (docs/weights.md §2c, docs/reference.md §1.5).
 
 emb = time_embedding(sinusoid(timesteps)) + add_embedding(y[:, :adm]) [+ aux_label_emb(y[:, adm:])] is
-computed per row and reaches every ResBlock per frame (gcd_spec.md §1.5). `aux_label_emb` is GCD's
+computed per row and reaches every ResBlock per frame (docs/reference.md §1.5). `aux_label_emb` is GCD's
 camera MLP (Linear(aux, 1280) → SiLU → Linear(1280, 1280)); its sgm keys
 `model.diffusion_model.aux_label_emb.{0,2}.{weight,bias}` are our `aux_label_emb.linear_{1,2}.*`.
 
@@ -166,7 +166,7 @@ class VideoUNet(nnx.Module):
 
     self.time_embedding = TimestepEmbedding(u.model_channels, temb, **kw)
     self.add_embedding = TimestepEmbedding(u.adm_in_channels, temb, **kw)
-    # GCD camera MLP (gcd_spec.md §1.5); PyTorch default init for the new layers (aux_zero_init False).
+    # GCD camera MLP (docs/reference.md §1.5); PyTorch default init for the new layers (aux_zero_init False).
     self.aux_label_emb = (TimestepEmbedding(u.aux_emb_dim, temb, **kw) if u.aux_emb_dim else None)
     self.conv_in = layers.Conv(u.in_channels, chans[0], (3, 3), **kw)
 

@@ -1,7 +1,7 @@
 """The temporal VAE of SVD / GCD (diffusers `AutoencoderKLTemporalDecoder`, sgm `AutoencodingEngine` +
 `VideoDecoder`).
 
-Parameter names are diffusers' own (svd_weights.md §4 gives the sgm names), so
+Parameter names are diffusers' own (docs/weights.md §4 gives the sgm names), so
 `gcd_jax.convert.torch_layout.load_torch_state` / `convert.diffusers.load_diffusers_component` load a
 diffusers `vae/` state dict 1:1:
 
@@ -13,14 +13,14 @@ diffusers `vae/` state dict 1:1:
 * `decoder.{conv_in, mid_block.{resnets.{0,1}, attentions.0}, up_blocks.i.resnets.j.{spatial_res_block.*,
   temporal_res_block.*, time_mixer.mix_factor}, up_blocks.i.upsamplers.0.conv, conv_norm_out, conv_out,
   time_conv_out}` — the SD decoder with a temporal (3,1,1) ResBlock after every spatial ResBlock and a
-  (3,1,1) Conv3d after `conv_out`. Spatial GroupNorm eps 1e-6, temporal 1e-5 (svd_weights.md §5).
+  (3,1,1) Conv3d after `conv_out`. Spatial GroupNorm eps 1e-6, temporal 1e-5 (docs/weights.md §5).
 
-Numerics that differ from the U-Net (svd_weights.md §5, §7):
+Numerics that differ from the U-Net (docs/weights.md §5, §7):
 * The decoder blend is REVERSED: `α·x_temporal + (1−α)·x_spatial`, α = sigmoid(mix_factor), with no
   image-only override (diffusers `merge_strategy="learned"`, `switch_spatial_to_temporal_mix=True`).
 * Mid-block attention is single-head with d = C, preceded by its own GroupNorm (eps 1e-6), residual.
 
-GCD uses two encoder paths (gcd_spec.md §1.3, ambiguity §6 item 4 — both are supported here):
+GCD uses two encoder paths (docs/reference.md §1.3, ambiguity §6 item 4 — both are supported here):
 * conditioning latents: encoder → `quant_conv` → posterior MODE, scale 1.0 (`encode_conditioning`);
 * target latents: encoder WITHOUT `quant_conv` → posterior SAMPLE × 0.18215 (`encode_target`).
 `encode(x, use_quant_conv=...)` exposes both; diffusers' own `encode` always applies `quant_conv`.
@@ -259,7 +259,7 @@ class AutoencoderKLTemporalDecoder(nnx.Module):
     v = cfg.vae
     if v.layers_per_block < 2:
       # diffusers builds the decoder mid block with `layers_per_block` resnets; with 1 the mid
-      # attention silently disappears, which no SVD checkpoint has (svd_weights.md §4).
+      # attention silently disappears, which no SVD checkpoint has (docs/weights.md §4).
       raise ValueError(f'vae.layers_per_block={v.layers_per_block}: the temporal decoder needs ≥ 2 '
                        '(its mid block is ResBlock, attention, ResBlock); SVD uses 2')
     self.dtype = dtype_of(cfg.dtype)
@@ -294,7 +294,7 @@ class AutoencoderKLTemporalDecoder(nnx.Module):
     num_frames: T, the frames per video. chunk_size: frames decoded together (sgm `decoding_t`,
     diffusers `decode_chunk_size`); None decodes each video whole. Each chunk is treated as a video of
     its own length — the temporal convs never see across a chunk border, so the result depends on
-    chunk_size (gcd_spec.md §1.3). Chunks are taken per video (frames t = 0..c−1, c..2c−1, ...; the
+    chunk_size (docs/reference.md §1.3). Chunks are taken per video (frames t = 0..c−1, c..2c−1, ...; the
     last may be shorter). This equals sgm/diffusers, which chunk the flat B·T rows, whenever B = 1 or
     chunk_size divides T; otherwise the references would blend the tail of one video with the head of
     the next inside one temporal window, which we do not reproduce.
@@ -354,14 +354,14 @@ def posterior_sample(mean: jax.Array, logvar: jax.Array, key: jax.Array) -> jax.
 
 
 def encode_conditioning(vae: AutoencoderKLTemporalDecoder, frames: jax.Array) -> jax.Array:
-  """GCD's concat-conditioning latents (gcd_spec.md §1.3, §6 item 4): encoder → quant_conv → posterior
+  """GCD's concat-conditioning latents (docs/reference.md §1.3, §6 item 4): encoder → quant_conv → posterior
   mode, NOT scaled (scale_factor 1.0). frames: [N, H, W, 3] in [-1, 1] (noise-augmented) → [N, h, w, 4]."""
   mean, logvar = vae.encode(frames, use_quant_conv=True)
   return posterior_mode(mean, logvar)
 
 
 def encode_target(vae: AutoencoderKLTemporalDecoder, frames: jax.Array, key: jax.Array) -> jax.Array:
-  """GCD's diffusion-target latents (gcd_spec.md §1.3, §6 item 4): encoder WITHOUT quant_conv →
+  """GCD's diffusion-target latents (docs/reference.md §1.3, §6 item 4): encoder WITHOUT quant_conv →
   posterior sample × scaling_factor (0.18215). frames: [N, H, W, 3] in [-1, 1] → [N, h, w, 4]."""
   mean, logvar = vae.encode(frames, use_quant_conv=False)
   return posterior_sample(mean, logvar, key) * vae.scaling_factor

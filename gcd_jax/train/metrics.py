@@ -1,7 +1,7 @@
 """Training metrics: TensorBoard (tensorboardX), a JSON-lines log, a progress line, FLOPs and MFU.
 
 Writer choice: tensorboardX. `clu.metric_writers` imports TensorFlow and tensorboard at package import
-(stack.md), which this project does not install (TFDS runs TF-free); tensorboardX writes the same event
+(docs/dependencies.md), which this project does not install (TFDS runs TF-free); tensorboardX writes the same event
 files with no TF. Only process 0 writes (multi-host runs would otherwise write N copies).
 
 FLOPs per step come from XLA's cost analysis of the compiled train step (`compiled.cost_analysis()`,

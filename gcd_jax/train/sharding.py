@@ -107,10 +107,6 @@ def batch_spec(ndim: int) -> P:
   return P(BATCH_AXES, *([None] * (ndim - 1)))
 
 
-def batch_sharding(mesh: Mesh, batch) -> dict:
-  return jax.tree.map(lambda x: NamedSharding(mesh, batch_spec(np.ndim(x))), batch)
-
-
 def batch_divisor(mesh: Mesh) -> int:
   return math.prod(mesh.shape[a] for a in BATCH_AXES)
 

@@ -1,4 +1,4 @@
-"""The GCD train step: one `jax.jit` program with explicit in/out shardings (gcd_spec.md §1.1, §1.8, §2.2–2.3).
+"""The GCD train step: one `jax.jit` program with explicit in/out shardings (docs/reference.md §1.1, §1.8, §2.2–2.3).
 
 Optimizer form: FUNCTIONAL. The trainable `GCDNetwork` (U-Net + camera embedder, §1.8 `ft_strategy:
 everything`) is split once into a static graphdef and a FLAT dict {'unet.input_blocks.0...kernel': array}
@@ -26,6 +26,7 @@ leaf names and never checkpoints that state.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any, Callable
 
@@ -97,20 +98,12 @@ def init_flat(build: Callable, model_cfg, layout: ParamLayout, shardings: dict, 
     host = jax.local_devices(backend='cpu')[0]
   except RuntimeError:
     host = None
-  with jax.default_device(host) if host is not None else _nullcontext():
+  with jax.default_device(host) if host is not None else contextlib.nullcontext():
     module = build(model_cfg, nnx.Rngs(jax.random.key(seed, impl='unsafe_rbg')))
     values = {n: np.asarray(v) for n, v in layout.flat(module).items()}
   del module
   return {n: jax.make_array_from_callback(v.shape, shardings[n], lambda idx, v=v: v[idx])
           for n, v in values.items()}
-
-
-class _nullcontext:  # noqa: N801
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *a):
-    return False
 
 
 # ----------------------------------------------------------------------------------------------- optimizer

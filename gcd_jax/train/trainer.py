@@ -1,4 +1,4 @@
-r"""The GCD trainer: one readable loop (big_vision style). gcd_spec.md §3 for the reference recipe.
+r"""The GCD trainer: one readable loop (big_vision style). docs/reference.md §3 for the reference recipe.
 
   gcd-jax train --config configs/tiny.py --workdir /tmp/gcd_tiny                      # CPU, seconds
   gcd-jax train --config configs/gcd.py:data=kubric,traj=gradual,az=90 --workdir W \
