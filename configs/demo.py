@@ -36,7 +36,7 @@ from gcd_jax.models import presets as models
 from gcd_jax.train.vae_fit import vae_fit_config
 
 
-STAGE_STEPS = {'1': 1000, '2': 1500}
+STAGE_STEPS = {'1': 1000, '2': 850}
 
 
 def get_config(arg: str | None = None):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -624,3 +625,48 @@ def test_fast_abstract_build_equals_rngs_build(component):
   assert jax.tree.map(lambda a: (a.shape, a.dtype), pf.to_pure_dict()) == jax.tree.map(
       lambda a: (a.shape, a.dtype), ps.to_pure_dict())
   assert not jax.tree.leaves(rf) and not jax.tree.leaves(rs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Weights from the Hugging Face Hub (no network: a local Hub cache built here, HF_HUB_OFFLINE=1)
+
+
+def _hub_cache(root, repo: str, files: dict) -> str:
+  """A Hub cache entry as huggingface_hub lays it out: models--ORG--NAME/{refs/main, snapshots/<commit>/...}."""
+  commit = 'a' * 40
+  base = root / 'hub' / ('models--' + repo.replace('/', '--'))
+  (base / 'refs').mkdir(parents=True)
+  (base / 'refs' / 'main').write_text(commit)
+  snap = base / 'snapshots' / commit
+  for rel, src in files.items():
+    dst = snap / rel
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+  return str(root)
+
+
+def test_convert_from_a_hub_reference_offline(ref, converted, tmp_path, monkeypatch):
+  import glob  # pylint: disable=g-import-not-at-top
+  folder = ref['files']['diffusers']
+  files = {os.path.relpath(p, folder): p for p in glob.glob(os.path.join(folder, '**', '*'), recursive=True)
+           if os.path.isfile(p)}
+  home = _hub_cache(tmp_path / 'hf', 'gcd-test/tiny-gcd-diffusers', files)
+  _hub_cache(tmp_path / 'hf', 'gcd-test/tiny-gcd-sgm', {'weights/gcd.safetensors': ref['files']['sgm']})
+  monkeypatch.setenv('HF_HOME', home)
+  monkeypatch.setenv('HF_HUB_CACHE', os.path.join(home, 'hub'))
+  monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+  import huggingface_hub.constants  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+  monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', os.path.join(home, 'hub'))
+  assert _cli_convert('diffusers', 'gcd-test/tiny-gcd-diffusers', tmp_path / 'from_hub') == 0
+  assert _cli_convert('sgm', 'gcd-test/tiny-gcd-sgm/weights/gcd.safetensors', tmp_path / 'from_hub_sgm') == 0
+  for fmt, out in (('diffusers', tmp_path / 'from_hub'), ('sgm', tmp_path / 'from_hub_sgm')):
+    for got_m, want_m in zip(_restore(str(out)), _restore(converted[fmt])):
+      got = dict(nnx.to_flat_state(nnx.state(got_m, nnx.Param)))
+      want = dict(nnx.to_flat_state(nnx.state(want_m, nnx.Param)))
+      assert got.keys() == want.keys()
+      for k in want:
+        np.testing.assert_array_equal(np.asarray(got[k].value), np.asarray(want[k].value), err_msg=f'{fmt} {k}')
+  # Not cached and offline: one line that says so, nothing written.
+  assert _cli_convert('diffusers', 'gcd-test/not-there', tmp_path / 'nope') == 1
+  assert not os.path.exists(tmp_path / 'nope')

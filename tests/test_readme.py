@@ -34,8 +34,8 @@ def test_every_name_the_readme_shows_imports():
   assert names
   for module, items in names:
     mod = importlib.import_module(module)
-    for item in [i.strip() for i in items.split(',') if i.strip()]:
-      if item == 'presets' or hasattr(mod, item):
+    for item in [i.split(' as ')[0].strip() for i in items.split(',') if i.strip()]:
+      if hasattr(mod, item):
         continue
       importlib.import_module(f'{module}.{item}')  # a submodule
   # The table of building blocks: `gcd_jax.diffusion` exports what the README lists for it.

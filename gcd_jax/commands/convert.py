@@ -3,6 +3,7 @@ r"""`gcd-jax convert`: PyTorch weights → a gcd-jax model checkpoint (Orbax), s
   gcd-jax convert --from sgm svd.safetensors --config gcd --out ckpt/gcd_init --init-missing
   gcd-jax convert --from gcd-ckpt gcd_kubric.ckpt --config configs/models.py:gcd --out ckpt/gcd_kubric
   gcd-jax convert --from diffusers stable-video-diffusion-img2vid/ --config svd --out ckpt/svd
+  gcd-jax convert --from diffusers stabilityai/stable-video-diffusion-img2vid --config svd --out ckpt/svd   # the Hub
 
 See gcd_jax/convert/convert.py for what is checked and gcd_jax/convert/checkpoint_io.py for the layout.
 """
@@ -13,7 +14,9 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument('src', help='sgm .safetensors file, diffusers pipeline folder, or GCD .ckpt')
+  parser.add_argument('src', help='sgm .safetensors file, diffusers pipeline folder, or GCD .ckpt; or a Hugging Face '
+                                  'Hub reference: ORG/REPO (diffusers) or ORG/REPO/FILE (sgm, gcd-ckpt)')
+  parser.add_argument('--revision', default=None, help='Hub revision (branch, tag or commit) of a Hub reference')
   parser.add_argument('--from', dest='fmt', required=True, choices=('sgm', 'diffusers', 'gcd-ckpt'),
                       help='input format')
   parser.add_argument('--config', required=True,
@@ -33,6 +36,6 @@ def run(args: argparse.Namespace) -> int:
   from gcd_jax.convert import convert as conv  # pylint: disable=g-import-not-at-top
   summary = conv.convert_checkpoint(args.fmt, args.src, args.config, args.out, init_missing=args.init_missing,
                                     dtype=args.dtype, seed=args.seed, progress=not args.no_progress,
-                                    config_spec=args.config)
+                                    config_spec=args.config, revision=args.revision)
   print(summary.text())
   return 0

@@ -98,25 +98,16 @@ def run(args) -> int:
     evaluated = os.path.join(workdir, 'train')
 
   # 3. evaluate the held-out scenes with `gcd-jax evaluate` -------------------------------------------------
-  from gcd_jax.commands import evaluate as evaluate_cmd  # pylint: disable=g-import-not-at-top
   from gcd_jax.evaluate import evaluate as ev  # pylint: disable=g-import-not-at-top
   from gcd_jax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   eval_dir = os.path.join(workdir, 'eval')
-  parser = argparse.ArgumentParser()
-  evaluate_cmd.add_arguments(parser)
-  eval_args = parser.parse_args(['--checkpoint', evaluated, '--weights', 'raw' if args.steps else 'auto',
-                                 '--data-dir', data_dir, '--data',
-                                 _data_preset(config), '--split', 'test', '--num-samples', '1', '--seed',
-                                 str(args.seed), '--decoding-t', str(config.model.num_frames), '--out', eval_dir]
-                                + (['--no-progress'] if args.no_progress else []))
   t0 = time.perf_counter()
   print('[demo] evaluating the held-out test scenes (sampling: 25 steps, guidance 1.0 → 1.5)', flush=True)
-  try:
-    eval_args.checkpoint = workdir_lib.resolve_model(eval_args.checkpoint, weights=eval_args.weights)
-    summary = ev.evaluate_from_args(eval_args)
-  except ev.EXPECTED_ERRORS as e:
-    print(f'gcd-jax demo: error: {e}', file=sys.stderr)
-    return 1
+  request = ev.EvalRequest(
+      checkpoint=workdir_lib.resolve_model(evaluated, weights='raw' if args.steps else 'auto'), out=eval_dir,
+      data=_data_preset(config), data_dir=data_dir, split='test', num_samples=1, seed=args.seed,
+      decoding_t=int(config.model.num_frames), progress=not args.no_progress)
+  summary = ev.evaluate(request)
   seconds['evaluate'] = time.perf_counter() - t0
 
   # 4. video, strip, metrics ---------------------------------------------------------------------------------

@@ -70,5 +70,5 @@ def run(args: argparse.Namespace) -> int:
   if args.overrides and not args.config:
     raise ev.EvaluationError('--config.FIELD overrides need --config (the model or training config they modify)')
   args.checkpoint = workdir.resolve_model(args.checkpoint, step=args.step, weights=args.weights)
-  print(ev.evaluate_from_args(args))
+  print(ev.evaluate(ev.EvalRequest.from_options(args)))
   return 0

@@ -240,8 +240,10 @@ def _torch_linear_init(specs: dict[str, LeafSpec], keys: list[str], rng: np.rand
 
 def convert_checkpoint(fmt: str, src, config, out_dir: str, *, init_missing: bool = False,
                        dtype: str = 'float32', seed: int = 0, progress: bool = True,
-                       config_spec: str | None = None) -> Summary:
-  """Converts `src` (format `fmt`) for model `config` into the checkpoint folder `out_dir`."""
+                       config_spec: str | None = None, revision: str | None = None) -> Summary:
+  """Converts `src` (format `fmt`) for model `config` into the checkpoint folder `out_dir`. src: a local
+  file / folder, or a Hugging Face Hub reference (`ORG/REPO` for diffusers, `ORG/REPO/FILE` otherwise;
+  gcd_jax/convert/hub.py) at `revision`."""
   t0 = time.time()
   if fmt not in FORMATS:
     raise ValueError(f'unknown --from {fmt!r}; use one of {", ".join(FORMATS)}')
@@ -251,6 +253,8 @@ def convert_checkpoint(fmt: str, src, config, out_dir: str, *, init_missing: boo
   if os.path.exists(out_dir):
     raise checkpoint_io.CheckpointError(f'output {out_dir} already exists; choose another --out or '
                                         'delete it first')
+  from gcd_jax.convert import hub  # pylint: disable=g-import-not-at-top
+  src = hub.resolve(src, fmt, revision=revision)
   source = sources.open_source(fmt, src)  # validates the file (missing / truncated / unsafe) first
   try:
     abstract = {c: checkpoint_io.abstract_module(cfg, c) for c in checkpoint_io.COMPONENTS}

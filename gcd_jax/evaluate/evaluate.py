@@ -574,26 +574,66 @@ class ExampleBuilder:
 EXPECTED_ERRORS = (ValueError, FileNotFoundError)
 
 
-def resolve_data_config(args, train_cfg):
+@dataclasses.dataclass
+class EvalRequest:
+  """What to evaluate and how (`gcd-jax evaluate`'s options, typed; see gcd_jax/commands/evaluate.py)."""
+  checkpoint: str                 # a model folder (a workdir is resolved by the caller: train/workdir.py)
+  out: str
+  config: str = ''                # model preset / config file; '' = the one stored with the checkpoint
+  overrides: tuple = ()           # --config.FIELD=VALUE for `config`
+  data: str = ''                  # data preset; '' = the training config's data, else 'procedural'
+  data_dir: str = ''
+  trajectory: str = ''
+  split: str = 'test'
+  list_file: str = ''
+  controls_file: str = ''
+  control_idx: int = 0
+  num_samples: int = 2
+  steps: int = 25
+  seed: int = 0
+  guidance_min: float = 1.0
+  guidance_max: float = 1.5
+  cond_aug: float = 0.02
+  decoding_t: int = 14
+  batch_size: int = 0             # 0 = the number of local devices
+  lpips: str = 'none'
+  lpips_backbone: str = ''
+  lpips_heads: str = ''
+  semantic_palette: str = ''
+  max_scenes: int = -1
+  progress: bool = True
+
+  @classmethod
+  def from_options(cls, options) -> 'EvalRequest':
+    """From any object with these attributes (the command's parsed options; no_progress → progress)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {n: getattr(options, n) for n in names if hasattr(options, n)}
+    values['overrides'] = tuple(values.get('overrides', ()))
+    if hasattr(options, 'no_progress'):
+      values['progress'] = not options.no_progress
+    return cls(**values)
+
+
+def resolve_data_config(req: 'EvalRequest', train_cfg):
   """--data / --data-dir / training config → (data config, trajectory config)."""
   from data_pipelines import input_pipeline  # pylint: disable=g-import-not-at-top
   from gcd_jax.geometry import trajectory  # pylint: disable=g-import-not-at-top
-  if args.data:
-    data_cfg = input_pipeline.data_config(args.data)
+  if req.data:
+    data_cfg = input_pipeline.data_config(req.data)
   elif train_cfg is not None and 'data' in train_cfg:
     data_cfg = train_cfg.data.copy_and_resolve_references()
   else:
     data_cfg = input_pipeline.data_config('procedural')
-  if args.data_dir:
-    data_cfg.data_dir = args.data_dir
-  data_cfg.split = args.split
-  traj_preset = args.trajectory or data_cfg.trajectory
+  if req.data_dir:
+    data_cfg.data_dir = req.data_dir
+  data_cfg.split = req.split
+  traj_preset = req.trajectory or data_cfg.trajectory
   traj_cfg = trajectory.trajectory_config(traj_preset)
   traj_cfg.num_frames = int(data_cfg.num_frames)
   return data_cfg, traj_cfg
 
 
-def evaluate_from_args(args) -> str:
+def evaluate(req: 'EvalRequest') -> str:
   """The `gcd-jax evaluate` job (see module docstring). Returns a printable summary."""
   import jax  # pylint: disable=g-import-not-at-top
   from data_pipelines import splits  # pylint: disable=g-import-not-at-top
@@ -601,81 +641,81 @@ def evaluate_from_args(args) -> str:
   from gcd_jax.evaluate import lpips as lpips_lib  # pylint: disable=g-import-not-at-top
 
   # ---- settings and every input check, before any model compute
-  if args.num_samples < 1 or args.steps < 1:
+  if req.num_samples < 1 or req.steps < 1:
     raise EvaluationError('--num-samples and --steps must be ≥ 1')
-  if args.config:
-    model_cfg, train_cfg = gen_lib.resolve_config(args.config, getattr(args, 'overrides', ()))
+  if req.config:
+    model_cfg, train_cfg = gen_lib.resolve_config(req.config, req.overrides)
   else:
-    model_cfg, train_cfg = gen_lib.config_from_checkpoint(args.checkpoint)
-  gen_lib.check_checkpoint_matches(args.checkpoint, model_cfg)
-  if args.decoding_t < 1:
+    model_cfg, train_cfg = gen_lib.config_from_checkpoint(req.checkpoint)
+  gen_lib.check_checkpoint_matches(req.checkpoint, model_cfg)
+  if req.decoding_t < 1:
     raise EvaluationError('--decoding-t must be ≥ 1')
-  data_cfg, traj_cfg = resolve_data_config(args, train_cfg)
+  data_cfg, traj_cfg = resolve_data_config(req, train_cfg)
   multiple = gen_lib.required_multiple(model_cfg)
   if data_cfg.height % multiple or data_cfg.width % multiple:
     raise EvaluationError(f'data resolution {data_cfg.width}×{data_cfg.height} is not a multiple of {multiple} '
                           f'(VAE × U-Net downsampling of {model_cfg.name!r}); fix the data config')
   settings = EvalSettings(
-      checkpoint=os.path.abspath(args.checkpoint), config=args.config, split=args.split,
-      list_file=os.path.abspath(args.list_file) if args.list_file else '',
-      controls_file=os.path.abspath(args.controls_file) if args.controls_file else '',
-      control_idx=args.control_idx, num_samples=args.num_samples, steps=args.steps, seed=args.seed,
-      guidance_min=args.guidance_min, guidance_max=args.guidance_max, cond_aug=args.cond_aug,
-      decoding_t=args.decoding_t, lpips=args.lpips, semantic_palette=args.semantic_palette)
+      checkpoint=os.path.abspath(req.checkpoint), config=req.config, split=req.split,
+      list_file=os.path.abspath(req.list_file) if req.list_file else '',
+      controls_file=os.path.abspath(req.controls_file) if req.controls_file else '',
+      control_idx=req.control_idx, num_samples=req.num_samples, steps=req.steps, seed=req.seed,
+      guidance_min=req.guidance_min, guidance_max=req.guidance_max, cond_aug=req.cond_aug,
+      decoding_t=req.decoding_t, lpips=req.lpips, semantic_palette=req.semantic_palette)
   lpips_model = None
-  if args.lpips != 'none':
-    lpips_model = lpips_lib.load_lpips(args.lpips, args.lpips_backbone or None, args.lpips_heads or None)
+  if req.lpips != 'none':
+    lpips_model = lpips_lib.load_lpips(req.lpips, req.lpips_backbone or None, req.lpips_heads or None)
   palette = ignore = None
-  semantic = bool(args.semantic_palette) or data_cfg.get('output_modality', 'rgb') == 'semantic'
-  if semantic and not args.semantic_palette:
+  semantic = bool(req.semantic_palette) or data_cfg.get('output_modality', 'rgb') == 'semantic'
+  if semantic and not req.semantic_palette:
     raise EvaluationError('this checkpoint was trained on semantic targets (data.output_modality=semantic): pass '
                           '--semantic-palette <pardom root>/scene_000000/ontology/<hash>.json for mIoU')
-  if args.semantic_palette:
+  if req.semantic_palette:
     from gcd_jax.evaluate import metrics  # pylint: disable=g-import-not-at-top
-    palette, _, ignore = metrics.load_semantic_palette(args.semantic_palette)
+    palette, _, ignore = metrics.load_semantic_palette(req.semantic_palette)
 
-  builder = ExampleBuilder(data_cfg, traj_cfg, {}, control_idx=args.control_idx, cond_aug=args.cond_aug,
-                           seed=args.seed, semantic=semantic)
+  builder = ExampleBuilder(data_cfg, traj_cfg, {}, control_idx=req.control_idx, cond_aug=req.cond_aug,
+                           seed=req.seed, semantic=semantic)
   scenes = builder.scene_names()
-  if args.list_file:
-    wanted = splits.read_scene_list(args.list_file)
+  if req.list_file:
+    wanted = splits.read_scene_list(req.list_file)
     unknown = [s for s in wanted if s not in builder.positions]
     if unknown:
-      raise EvaluationError(f'{args.list_file}: scenes {unknown[:5]} are not in split {args.split!r} of '
+      raise EvaluationError(f'{req.list_file}: scenes {unknown[:5]} are not in split {req.split!r} of '
                             f'{data_cfg.dataset}')
     scenes = wanted
   if not scenes:
-    raise EvaluationError(f'no scenes to evaluate in split {args.split!r}')
-  if args.controls_file:
-    ctrl = controls_lib.load_controls(args.controls_file)
+    raise EvaluationError(f'no scenes to evaluate in split {req.split!r}')
+  if req.controls_file:
+    ctrl = controls_lib.load_controls(req.controls_file)
     for s in scenes:  # fail early on a control file that does not cover the list
-      controls_lib.control_for(ctrl, s, args.control_idx, builder.kind)
+      controls_lib.control_for(ctrl, s, req.control_idx, builder.kind)
   elif builder.kind == 'kubric':
-    ctrl = controls_lib.generate_kubric_controls(scenes, traj_cfg, seed=args.seed,
-                                                 num_controls=args.control_idx + 1,
+    ctrl = controls_lib.generate_kubric_controls(scenes, traj_cfg, seed=req.seed,
+                                                 num_controls=req.control_idx + 1,
                                                  num_scene_frames=builder.num_scene_frames())
   else:
     raise EvaluationError('ParallelDomain evaluation needs --controls (eval/list/pardom_valtest_controls.json)')
   builder.controls = ctrl
 
-  os.makedirs(args.out, exist_ok=True)
-  check_run_folder(args.out, settings)
+  os.makedirs(req.out, exist_ok=True)
+  check_run_folder(req.out, settings)
   if jax.process_index() == 0:
-    controls_lib.write_controls(os.path.join(args.out, 'controls.json'),
+    controls_lib.write_controls(os.path.join(req.out, 'controls.json'),
                                 {s: ctrl[s] for s in scenes if s in ctrl})
   mine = host_scenes(scenes, jax.process_index(), jax.process_count())
-  todo = [s for s in mine if not is_finished(args.out, s)]
+  todo = [s for s in mine if not is_finished(req.out, s)]
 
-  batch_size = args.batch_size or len(jax.local_devices())
+  batch_size = req.batch_size or len(jax.local_devices())
   stats = LoopStats(skipped=[s for s in mine if s not in todo])
   if todo:
-    generator = gen_lib.VideoGenerator(args.checkpoint, model_cfg, batch_size=batch_size, steps=args.steps,
-                                       num_samples=args.num_samples, guidance=(args.guidance_min,
-                                                                               args.guidance_max),
-                                       decoding_t=args.decoding_t, progress=not args.no_progress)
+    generator = gen_lib.VideoGenerator(req.checkpoint, model_cfg, batch_size=batch_size, steps=req.steps,
+                                       num_samples=req.num_samples, guidance=(req.guidance_min,
+                                                                               req.guidance_max),
+                                       decoding_t=req.decoding_t, progress=req.progress)
 
     def generate(examples):
-      keys = np.stack([[sample_seed(args.seed, e['scene_idx'], j) for j in range(args.num_samples)]
+      keys = np.stack([[sample_seed(req.seed, e['scene_idx'], j) for j in range(req.num_samples)]
                        for e in examples])
       return generator(examples, keys)
 
@@ -683,14 +723,14 @@ def evaluate_from_args(args) -> str:
       return scene_metrics(samples01, ex['gt01'], ex['reproject01'], input01=ex['input01'], lpips_model=lpips_model,
                            palette=palette, ignore_index=ignore)
 
-    stats = run_loop(args.out, mine, builder, generate, settings, batch_size=batch_size, score=score,
-                     progress=not args.no_progress, max_scenes=args.max_scenes)
-  results = load_scene_results(args.out)
-  table = write_reports(args.out, results, settings) if jax.process_index() == 0 else {}
-  fileio.write_json(os.path.join(args.out, f'progress_host{jax.process_index()}.json'),
+    stats = run_loop(req.out, mine, builder, generate, settings, batch_size=batch_size, score=score,
+                     progress=req.progress, max_scenes=req.max_scenes)
+  results = load_scene_results(req.out)
+  table = write_reports(req.out, results, settings) if jax.process_index() == 0 else {}
+  fileio.write_json(os.path.join(req.out, f'progress_host{jax.process_index()}.json'),
                dataclasses.asdict(stats))
   lines = [f'evaluated {len(stats.computed)} scenes ({len(stats.skipped)} already done) in '
-           f'{stats.seconds:.1f}s; {len(results)} finished scenes in {args.out}']
+           f'{stats.seconds:.1f}s; {len(results)} finished scenes in {req.out}']
   for m in ('psnr', 'ssim', 'psnr_occ', 'lpips', 'miou_video'):
     if m in table:
       lines.append(f'  {m}: {table[m]["mean"]:.4f} ± {table[m]["std"]:.4f} (n={table[m]["n"]})')
