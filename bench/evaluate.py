@@ -43,7 +43,7 @@ def main(argv=None) -> int:
   from gcd_jax.models import presets as models  # pylint: disable=g-import-not-at-top
   from data_pipelines import tfds_builders  # pylint: disable=g-import-not-at-top
   from gcd_jax import cli  # pylint: disable=g-import-not-at-top
-  from gcd_jax.evaluate import generator  # pylint: disable=g-import-not-at-top
+  from tests import fixtures_models  # pylint: disable=g-import-not-at-top  (random weights: a benchmark needs no trained model)
 
   work = args.workdir or tempfile.mkdtemp(prefix='bench_eval_')
   scenes_root, data_dir = os.path.join(work, 'scenes'), os.path.join(work, 'tfds')
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
   tfds_builders.build('kubric_4d', data_dir=data_dir, config='full', manual_dir=scenes_root)
   ckpt = os.path.join(work, f'ckpt_{args.model}')
   if not os.path.exists(ckpt):
-    generator.write_random_checkpoint(ckpt, models.get_config(args.model), seed=0)
+    fixtures_models.write_random_checkpoint(ckpt, models.get_config(args.model), seed=0)
   setup_s = time.perf_counter() - t0
   data = (f'tiny,dataset=kubric_4d,builder_config=full,data_dir={data_dir},height={args.height},'
           f'width={args.width},render_height={args.render_height},render_width={args.render_width},'

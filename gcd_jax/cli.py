@@ -119,11 +119,12 @@ def _usage_errors() -> tuple:
   from gcd_jax.config_flags import ConfigError  # pylint: disable=g-import-not-at-top
   from gcd_jax.convert.sources import WrongFormatError  # pylint: disable=g-import-not-at-top
   from gcd_jax.evaluate.controls import ControlError  # pylint: disable=g-import-not-at-top
+  from gcd_jax.evaluate.generator import ModelConfigError as CheckpointConfigError  # pylint: disable=g-import-not-at-top
   from gcd_jax.evaluate.inference import InputError  # pylint: disable=g-import-not-at-top
   from gcd_jax.evaluate.media import MediaError  # pylint: disable=g-import-not-at-top
   from gcd_jax.models.config import ConfigError as ModelConfigError  # pylint: disable=g-import-not-at-top
   return (UsageError, ConfigError, DataArgumentError, ControlError, InputError, MediaError, ModelConfigError,
-          WrongFormatError)
+          CheckpointConfigError, WrongFormatError)
 
 
 def _expected_errors() -> tuple:

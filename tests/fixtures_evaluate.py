@@ -39,9 +39,9 @@ def data_preset(data_dir: str) -> str:
 def tiny_checkpoint(tmp_path_factory):
   """A gcd-jax model checkpoint of the `tiny` preset with seeded random weights."""
   from gcd_jax.models import presets as models  # pylint: disable=g-import-not-at-top
-  from gcd_jax.evaluate import generator  # pylint: disable=g-import-not-at-top
+  from tests import fixtures_models  # pylint: disable=g-import-not-at-top
   out = os.path.join(str(tmp_path_factory.mktemp('ckpt')), 'tiny')
-  return generator.write_random_checkpoint(out, models.get_config('tiny'), seed=0)
+  return fixtures_models.write_random_checkpoint(out, models.get_config('tiny'), seed=0)
 
 
 def write_test_video(path: str, num_frames: int = 12, hw=(40, 56)) -> str:

@@ -210,13 +210,13 @@ def test_sample_video_folder_and_bad_inputs(tiny_checkpoint, tmp_path, capsys): 
   # Bad inputs: clear errors, nothing written.
   capsys.readouterr()
   bad = os.path.join(tmp_path, 'out_bad')
-  assert _sample(tiny_checkpoint, video, bad, '--frame-stride', '5') == 1
+  assert _sample(tiny_checkpoint, video, bad, '--frame-stride', '5') == 2  # usage errors: exit code 2
   assert '12 frames' in capsys.readouterr().err
-  assert _sample(tiny_checkpoint, video, bad, '--frame-width', '30') == 1
+  assert _sample(tiny_checkpoint, video, bad, '--frame-width', '30') == 2
   assert 'multiple of 4' in capsys.readouterr().err
   from gcd_jax import cli
   assert cli.main(['sample', '--checkpoint', tiny_checkpoint, '--config', 'tiny_svd', '--input', video,
-                   '--out', bad]) == 1
+                   '--out', bad]) == 2
   assert 'differs from --config' in capsys.readouterr().err
   assert not os.path.exists(bad)
 

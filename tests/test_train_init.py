@@ -20,9 +20,9 @@ from tests.fixtures_train import tiny_config
 def svd_checkpoint(tmp_path_factory):
   """A `tiny_svd` checkpoint: the tiny U-Net without the camera embedder / aux embedding (like SVD's)."""
   from gcd_jax.models import presets as models  # pylint: disable=g-import-not-at-top
-  from gcd_jax.evaluate import generator  # pylint: disable=g-import-not-at-top
+  from tests import fixtures_models  # pylint: disable=g-import-not-at-top
   out = str(tmp_path_factory.mktemp('svd_ckpt') / 'tiny_svd')
-  return generator.write_random_checkpoint(out, models.get_config('tiny_svd'), seed=5)
+  return fixtures_models.write_random_checkpoint(out, models.get_config('tiny_svd'), seed=5)
 
 
 def _stored_network(path):

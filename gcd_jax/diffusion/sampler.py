@@ -22,6 +22,7 @@ import functools
 import math
 from typing import Mapping
 
+import einops
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -56,11 +57,8 @@ def double_batch(uncond: Mapping[str, jax.Array], cond: Mapping[str, jax.Array],
   (row order between videos is immaterial; §6 item 24)."""
   out = {}
   for k in COND_KEYS:
-    u, c = uncond[k], cond[k]
-    n = c.shape[0]
-    b = n // num_frames
-    both = jnp.stack([u.reshape(b, num_frames, *u.shape[1:]), c.reshape(b, num_frames, *c.shape[1:])], 1)
-    out[k] = both.reshape(2 * n, *c.shape[1:])
+    both = jnp.stack([uncond[k], cond[k]])  # [branch, B·T, ...]
+    out[k] = einops.rearrange(both, 'two (b t) ... -> (b two t) ...', t=num_frames)
   return out
 
 
@@ -118,7 +116,7 @@ def initial_noise(key, shape: tuple, num_frames: int) -> jax.Array:
     raise ValueError(f'{keys.shape[0]} per-video keys for {shape[0]} rows of {num_frames}-frame videos')
   noise = jax.vmap(lambda k: jax.random.normal(jax.random.wrap_key_data(k), (num_frames,) + tuple(shape[1:]),
                                                jnp.float32))(keys)
-  return noise.reshape(shape)
+  return einops.rearrange(noise, 'b t ... -> (b t) ...')
 
 
 def _prepare(cond, uncond, key, cfg, num_frames, constrain):

@@ -93,38 +93,6 @@ def stack_examples(examples: Sequence[dict], batch_size: int) -> tuple[dict, int
   return {k: np.stack([np.asarray(e[k]) for e in padded]) for k in COND_KEYS if k in examples[0]}, n
 
 
-def random_params(abstract_pure: dict, seed: int) -> dict:
-  """Seeded random parameters for an abstract parameter tree, built in NumPy (no module construction:
-  eager init dispatches hundreds of small ops). Kernels / embeddings ~ N(0, 1/fan_in), norm scales 1,
-  biases 0, other leaves (mix factors) N(0, 0.02). For smoke runs, benchmarks and tests."""
-  rng = np.random.default_rng(seed)
-
-  def leaf(path, a):
-    name = str(getattr(path[-1], 'key', path[-1]))
-    if name == 'scale':
-      return np.ones(a.shape, np.float32)
-    if name == 'bias':
-      return np.zeros(a.shape, np.float32)
-    if name in ('kernel', 'embedding') and len(a.shape) >= 2:
-      return (rng.standard_normal(a.shape, np.float32) / np.sqrt(np.prod(a.shape[:-1]))).astype(np.float32)
-    return (0.02 * rng.standard_normal(a.shape, np.float32)).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(leaf, abstract_pure)
-
-
-def write_random_checkpoint(out_dir: str, model_cfg, seed: int = 0) -> str:
-  """A gcd-jax model checkpoint with random weights (random_params) for `model_cfg`."""
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from gcd_jax.convert import checkpoint_io  # pylint: disable=g-import-not-at-top
-  states = []
-  for i, comp in enumerate(checkpoint_io.COMPONENTS):
-    pure = nnx.state(checkpoint_io.abstract_module(model_cfg, comp), nnx.Param).to_pure_dict()
-    pure = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), pure)
-    states.append(random_params(pure, seed=seed * 3 + i))
-  return checkpoint_io.save_model_checkpoint(out_dir, *states, model_cfg,
-                                             meta={'source': {'kind': 'random', 'seed': seed}})
-
-
 # ------------------------------------------------------------------------------------------ sampling
 
 
@@ -134,12 +102,13 @@ def sample_videos(network, vae, clip, batch: dict, keys, cfg, diff_cfg):
   Conditioning once per video (no dropout, §1.3); per sample s, `diffusion.sampler.sample_latents` with the
   per-video keys keys[:, s] (each video's x_T from its own key, so a video does not depend on its batch
   mates), then the chunked decode: the one sampler of the project."""
+  import einops  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from gcd_jax.diffusion import conditioner as cond_lib  # pylint: disable=g-import-not-at-top
   from gcd_jax.diffusion import sampler as sampler_lib  # pylint: disable=g-import-not-at-top
   from gcd_jax.diffusion.denoiser import network_fn_from_unet  # pylint: disable=g-import-not-at-top
   b, t, hp, wp = batch['cond_frames'].shape[:4]
-  rows = {k: v.reshape((b * t,) + v.shape[2:]) for k, v in batch.items()}
+  rows = {k: einops.rearrange(v, 'b t ... -> (b t) ...') for k, v in batch.items()}
   cond = cond_lib.Conditioner(cfg, vae, clip)(rows)  # key=None: no CFG dropout at sampling
   c = cond_lib.append_camera(cond, network.embed_camera(cond['camera']))
   uc = cond_lib.unconditional(c)
@@ -150,7 +119,7 @@ def sample_videos(network, vae, clip, batch: dict, keys, cfg, diff_cfg):
   def one(keys_s):  # [B, 2] → [B, T, H, W, 3]
     z = sampler_lib.sample_latents(network_fn, c, uc, keys_s, diff_cfg, t)
     video = sampler_lib.decode_latents(vae, z, t, min(int(diff_cfg.decode.chunk_size), t))
-    return video.reshape(b, t, hp, wp, 3)
+    return einops.rearrange(video, '(b t) h w c -> b t h w c', b=b)
 
   out = jax.lax.map(one, jnp.swapaxes(keys, 0, 1))  # [S, B, T, H, W, 3]
   return jnp.swapaxes(out, 0, 1)

@@ -13,6 +13,7 @@ position), onto the current mesh whatever the device count.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -253,6 +254,19 @@ def ensure_dataset(config, log=print) -> None:
       '(or set --config.data.data_dir to where it is built)')
 
 
+def parameter_overview(workdir: str, layouts: dict) -> str:
+  """clu's parameter table of every component to W/parameters.txt; → the one-line totals for the log."""
+  from clu import parameter_overview as po  # pylint: disable=g-import-not-at-top
+  from gcd_jax import fileio  # pylint: disable=g-import-not-at-top
+  tables, totals = [], []
+  for name, layout in layouts.items():
+    flat = layout.abstract_flat()
+    tables.append(f'## {name}\n' + po.get_parameter_overview(flat, include_stats=False))
+    totals.append(f'{name} {sum(math.prod(a.shape) for a in flat.values()) / 1e6:.2f} M')
+  fileio.write_text(os.path.join(workdir, 'parameters.txt'), '\n\n'.join(tables) + '\n')
+  return f'[train] parameters: {", ".join(totals)} (table: {os.path.join(workdir, "parameters.txt")})'
+
+
 def train(config, workdir: str, *, log=None) -> dict:
   """Runs (or resumes) training to config.total_steps. → summary dict (final step, last metrics, timings)."""
   log = log or (lambda *a: print(*a, flush=True))  # flushed: logs are often redirected to files
@@ -297,6 +311,8 @@ def train(config, workdir: str, *, log=None) -> dict:
                                    sources, log)
   if not sources:
     save_frozen(config, workdir, layouts, params, frozen)
+  if is_main:
+    log(parameter_overview(workdir, layouts))
   if manager.latest_step() is not None:
     del params
     state, start = ckpt_lib.restore(manager, abstract_state, state_spec_tree, mesh, data_iter)
