@@ -1,16 +1,17 @@
 r"""`gcd-jax demo`: the packaged demo model re-renders held-out scenes from new cameras, with baselines.
 
   gcd-jax demo                       # workdir ./gcd_demo, a few minutes on 2 CPU cores, no download
-  gcd-jax demo --workdir /tmp/demo --steps 0
+  gcd-jax demo --workdir /tmp/demo --steps 10     # also run the trainer for 10 steps from the model first
 
 1. builds the demo's evaluation data (TFDS `procedural_4d/demo_eval`: the 10 held-out test scenes of the demo
    model's dataset, identical scenes, plus 16 of its training scenes) under WORKDIR/tensorflow_datasets;
-2. trains --steps steps of configs/demo.py starting from the packaged demo model (gcd_jax/assets/demo_model,
-   trained from scratch by `gcd-jax train --config configs/demo.py`, see docs/demo_model.md), in
-   WORKDIR/train, so the trainer runs too (its warm-up keeps the learning rate near 0: the model barely moves);
-3. evaluates that training workdir (its raw weights) with `gcd-jax evaluate` on every held-out scene (one sample each, the
-   reference sampler: 25 steps, guidance 1.0 → 1.5) into WORKDIR/eval, with the baselines: copying the
-   input video, its mean frame, and the reprojection of the input view (an upper reference);
+2. with --steps N > 0, trains N steps of --config (configs/demo.py) starting from the model, in WORKDIR/train,
+   and evaluates that workdir's raw weights (the warm-up keeps the learning rate near 0: the model barely
+   moves); the default, 0, evaluates the packaged demo model itself (gcd_jax/assets/demo_model, trained from
+   scratch with configs/demo.py, see docs/demo_model.md) and compiles no train step;
+3. evaluates with `gcd-jax evaluate` on every held-out scene (one sample each, the reference sampler: 25
+   steps, guidance 1.0 → 1.5) into WORKDIR/eval, with the baselines: copying the input video, its mean
+   frame, and the reprojection of the input view (an upper reference);
 4. writes WORKDIR/demo.mp4 (input | generated | ground truth | camera path, ×4 upscaled, labelled; 4 scenes,
    looped to 4 s), WORKDIR/demo_strip.png (one scene's frames) and WORKDIR/demo_metrics.json, and prints
    the metrics table.
@@ -41,8 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--workdir', default='gcd_demo', help='output folder (default ./gcd_demo; a rerun resumes)')
   parser.add_argument('--checkpoint', default='',
                       help='model to start from and evaluate (default: the packaged demo model)')
-  parser.add_argument('--steps', type=int, default=10,
-                      help='training steps from the model before evaluating (default 10; 0 evaluates it as is)')
+  parser.add_argument('--steps', type=int, default=0,
+                      help='training steps from the model before evaluating (default 0: evaluate it as is)')
   parser.add_argument('--data-dir', default='',
                       help='TFDS data dir for procedural_4d/demo_eval (default WORKDIR/tensorflow_datasets)')
   parser.add_argument('--seed', type=int, default=0, help='sampling seed (default 0)')
@@ -56,13 +57,12 @@ def run(args) -> int:
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   workdir = os.path.abspath(args.workdir)
   model = os.path.abspath(args.checkpoint or packaged_model())
+  from gcd_jax.cli import UsageError  # pylint: disable=g-import-not-at-top
   if not os.path.isfile(os.path.join(model, 'metadata.json')):
-    print(f'gcd-jax demo: error: {model} is not a gcd-jax model folder (metadata.json missing); pass '
-          '--checkpoint with a `gcd-jax convert` / `train --export` folder', file=sys.stderr)
-    return 1
+    raise UsageError(f'{model} is not a gcd-jax model folder (metadata.json missing); pass --checkpoint with a '
+                     '`gcd-jax convert` / `train --export` folder')
   if args.steps < 0:
-    print('gcd-jax demo: error: --steps must be ≥ 0', file=sys.stderr)
-    return 2
+    raise UsageError(f'--steps {args.steps}: must be ≥ 0')
   os.makedirs(workdir, exist_ok=True)
   from absl import flags  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS.is_parsed():

@@ -633,14 +633,25 @@ def resolve_data_config(req: 'EvalRequest', train_cfg):
   return data_cfg, traj_cfg
 
 
-def evaluate(req: 'EvalRequest') -> str:
-  """The `gcd-jax evaluate` job (see module docstring). Returns a printable summary."""
-  import jax  # pylint: disable=g-import-not-at-top
+@dataclasses.dataclass
+class _Plan:
+  """Everything `evaluate` needs, resolved and checked before any model compute."""
+  model_cfg: object
+  settings: EvalSettings
+  builder: 'ExampleBuilder'
+  scenes: list
+  controls: dict
+  lpips_model: object
+  palette: object
+  ignore: object
+
+
+def plan_evaluation(req: 'EvalRequest') -> _Plan:
+  """Configs, data, scene list, controls and metric models of a request; every input check (EvaluationError,
+  ControlError, ...) fires here, before the model is loaded."""
   from data_pipelines import splits  # pylint: disable=g-import-not-at-top
   from gcd_jax.evaluate import generator as gen_lib  # pylint: disable=g-import-not-at-top
   from gcd_jax.evaluate import lpips as lpips_lib  # pylint: disable=g-import-not-at-top
-
-  # ---- settings and every input check, before any model compute
   if req.num_samples < 1 or req.steps < 1:
     raise EvaluationError('--num-samples and --steps must be ≥ 1')
   if req.config:
@@ -697,6 +708,17 @@ def evaluate(req: 'EvalRequest') -> str:
   else:
     raise EvaluationError('ParallelDomain evaluation needs --controls (eval/list/pardom_valtest_controls.json)')
   builder.controls = ctrl
+  return _Plan(model_cfg=model_cfg, settings=settings, builder=builder, scenes=scenes, controls=ctrl,
+               lpips_model=lpips_model, palette=palette, ignore=ignore)
+
+
+def evaluate(req: 'EvalRequest') -> str:
+  """The `gcd-jax evaluate` job (see module docstring). Returns a printable summary."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from gcd_jax.evaluate import generator as gen_lib  # pylint: disable=g-import-not-at-top
+  plan = plan_evaluation(req)
+  model_cfg, settings, builder, scenes, ctrl = plan.model_cfg, plan.settings, plan.builder, plan.scenes, plan.controls
+  lpips_model, palette, ignore = plan.lpips_model, plan.palette, plan.ignore
 
   os.makedirs(req.out, exist_ok=True)
   check_run_folder(req.out, settings)
