@@ -49,6 +49,21 @@ class SamplerSettings:
       raise InputError(f'decoding_t={self.decoding_t}: must be ≥ 1')
 
 
+def add_sampler_arguments(parser, *, samples_help: str) -> None:
+  """The sampler options shared by `gcd-jax sample` and `gcd-jax evaluate` (the fields of SamplerSettings
+  that both take; defaults are the reference's)."""
+  d = SamplerSettings()
+  parser.add_argument('--num-samples', type=int, default=2, help=samples_help)
+  parser.add_argument('--steps', type=int, default=d.steps, help='Euler sampler steps (the reference: 25)')
+  parser.add_argument('--guidance-min', type=float, default=d.guidance_min,
+                      help='classifier-free guidance scale at the first frame (linear to --guidance-max at the last)')
+  parser.add_argument('--guidance-max', type=float, default=d.guidance_max, help='guidance scale at the last frame')
+  parser.add_argument('--cond-aug', type=float, default=d.cond_aug,
+                      help='noise added to the conditioning frames (SVD cond_aug)')
+  parser.add_argument('--decoding-t', type=int, default=d.decoding_t,
+                      help='frames decoded together by the VAE (capped at the frame count; lower saves memory)')
+
+
 @dataclasses.dataclass(frozen=True)
 class InputSettings:
   """Which frames of a video file / image folder / image to use, at what size (0: the checkpoint's own)."""

@@ -40,15 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--controls', dest='controls_file', default='',
                       help='control JSON (eval/list/*_controls*.json); default: seeded generated controls')
   parser.add_argument('--control-idx', type=int, default=0, help='which sample_XX entry of the controls')
-  parser.add_argument('--num-samples', type=int, default=2, help='samples per scene (metrics average over them)')
-  parser.add_argument('--steps', type=int, default=25, help='Euler sampler steps (the reference: 25)')
+  from gcd_jax.pipeline import add_sampler_arguments  # pylint: disable=g-import-not-at-top
+  add_sampler_arguments(parser, samples_help='samples per scene (metrics average over them)')
   parser.add_argument('--seed', type=int, default=0, help='noise seed (per scene and sample, reproducible)')
-  parser.add_argument('--guidance-min', type=float, default=1.0,
-                      help='classifier-free guidance scale at the first frame (linear to --guidance-max at the last)')
-  parser.add_argument('--guidance-max', type=float, default=1.5, help='guidance scale at the last frame')
-  parser.add_argument('--cond-aug', type=float, default=0.02,
-                      help='noise added to the conditioning frames (SVD cond_aug)')
-  parser.add_argument('--decoding-t', type=int, default=14, help='frames decoded together by the VAE')
   parser.add_argument('--batch-size', type=int, default=0,
                       help='videos per sampler call (default: number of local devices); sharded over them')
   parser.add_argument('--lpips', choices=('none', 'vgg', 'alex'), default='none',

@@ -49,19 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="model input height (0: the checkpoint's training size, e.g. 256 for SVD/GCD)")
   parser.add_argument('--no-center-crop', dest='center_crop', action='store_false',
                       help='resize the whole frame instead of centre-cropping it to the model aspect ratio')
-  parser.add_argument('--num-samples', type=int, default=2, help='videos to generate (different noise)')
-  parser.add_argument('--steps', type=int, default=25, help='Euler sampler steps (the reference: 25)')
-  parser.add_argument('--guidance-min', type=float, default=1.0,
-                      help='classifier-free guidance scale at the first frame (linear to --guidance-max at the last)')
-  parser.add_argument('--guidance-max', type=float, default=1.5, help='guidance scale at the last frame')
+  from gcd_jax.pipeline import add_sampler_arguments  # pylint: disable=g-import-not-at-top
+  add_sampler_arguments(parser, samples_help='videos to generate (different noise)')
   parser.add_argument('--motion-id', type=int, default=127,
                       help='SVD motion bucket 0-255 (GCD Kubric models derive it from the camera move instead)')
   parser.add_argument('--force-custom-mbid', action='store_true',
                       help='use --motion-id even if the model synchronises it with the camera motion')
-  parser.add_argument('--cond-aug', type=float, default=0.02,
-                      help='noise added to the conditioning frames (SVD cond_aug)')
-  parser.add_argument('--decoding-t', type=int, default=14,
-                      help='frames decoded together by the VAE (capped at the frame count; lower saves memory)')
   parser.add_argument('--seed', type=int, default=0, help='noise seed (same seed, same videos)')
   parser.add_argument('--no-progress', action='store_true', help='no progress bar')
 

@@ -69,7 +69,7 @@ class EvaluationError(ValueError):
 class EvalSettings:
   """Everything that determines the numbers; stored in OUT/run.json (a rerun must match it)."""
   checkpoint: str
-  config: str
+  config: str = ''
   split: str = 'test'
   list_file: str = ''
   controls_file: str = ''
@@ -575,33 +575,27 @@ EXPECTED_ERRORS = (ValueError, FileNotFoundError)
 
 
 @dataclasses.dataclass
-class EvalRequest:
-  """What to evaluate and how (`gcd-jax evaluate`'s options, typed; see gcd_jax/commands/evaluate.py)."""
-  checkpoint: str                 # a model folder (a workdir is resolved by the caller: train/workdir.py)
-  out: str
-  config: str = ''                # model preset / config file; '' = the one stored with the checkpoint
+class EvalRequest(EvalSettings):
+  """What to evaluate and how: the EvalSettings that determine the numbers, plus where the inputs and outputs
+  live and how to run (`gcd-jax evaluate`'s options, typed; gcd_jax/commands/evaluate.py)."""
+  out: str = ''                   # output folder (required)
   overrides: tuple = ()           # --config.FIELD=VALUE for `config`
   data: str = ''                  # data preset; '' = the training config's data, else 'procedural'
   data_dir: str = ''
   trajectory: str = ''
-  split: str = 'test'
-  list_file: str = ''
-  controls_file: str = ''
-  control_idx: int = 0
-  num_samples: int = 2
-  steps: int = 25
-  seed: int = 0
-  guidance_min: float = 1.0
-  guidance_max: float = 1.5
-  cond_aug: float = 0.02
-  decoding_t: int = 14
   batch_size: int = 0             # 0 = the number of local devices
-  lpips: str = 'none'
   lpips_backbone: str = ''
   lpips_heads: str = ''
-  semantic_palette: str = ''
   max_scenes: int = -1
   progress: bool = True
+
+  def settings(self) -> EvalSettings:
+    """The number-determining part, with absolute paths (stored in OUT/run.json)."""
+    values = {f.name: getattr(self, f.name) for f in dataclasses.fields(EvalSettings)}
+    values['checkpoint'] = os.path.abspath(self.checkpoint)
+    for k in ('list_file', 'controls_file'):
+      values[k] = os.path.abspath(values[k]) if values[k] else ''
+    return EvalSettings(**values)
 
   @classmethod
   def from_options(cls, options) -> 'EvalRequest':
@@ -666,13 +660,9 @@ def plan_evaluation(req: 'EvalRequest') -> _Plan:
   if data_cfg.height % multiple or data_cfg.width % multiple:
     raise EvaluationError(f'data resolution {data_cfg.width}×{data_cfg.height} is not a multiple of {multiple} '
                           f'(VAE × U-Net downsampling of {model_cfg.name!r}); fix the data config')
-  settings = EvalSettings(
-      checkpoint=os.path.abspath(req.checkpoint), config=req.config, split=req.split,
-      list_file=os.path.abspath(req.list_file) if req.list_file else '',
-      controls_file=os.path.abspath(req.controls_file) if req.controls_file else '',
-      control_idx=req.control_idx, num_samples=req.num_samples, steps=req.steps, seed=req.seed,
-      guidance_min=req.guidance_min, guidance_max=req.guidance_max, cond_aug=req.cond_aug,
-      decoding_t=req.decoding_t, lpips=req.lpips, semantic_palette=req.semantic_palette)
+  if not req.out:
+    raise EvaluationError('an output folder is needed (--out)')
+  settings = req.settings()
   lpips_model = None
   if req.lpips != 'none':
     lpips_model = lpips_lib.load_lpips(req.lpips, req.lpips_backbone or None, req.lpips_heads or None)
