@@ -149,13 +149,14 @@ def main(argv: list[str] | None = None) -> int:
       raise UsageError(f'unknown command {name!r}; choose one of {", ".join(SUBCOMMANDS)}')
     enable_compilation_cache()
     module = importlib.import_module(f'gcd_jax.commands.{name}')
-    rest = argv[1:]
+    rest = [a for a in argv[1:] if a != '--debug']  # accepted anywhere, also after a sub-action
     overrides = []
     if name in CONFIG_COMMANDS:
       from gcd_jax.config_flags import split_overrides  # pylint: disable=g-import-not-at-top
       rest, overrides = split_overrides(rest)
     args = command_parser(name, module).parse_args(rest)
     args.overrides = overrides
+    args.debug = debug
     return int(module.run(args) or 0)
   except SystemExit as e:  # --help, --version
     return int(e.code or 0) if isinstance(e.code, int) or e.code is None else 2

@@ -177,17 +177,29 @@ def test_metrics_log_truncated_on_resume(tmp_path):
   assert [l for l in path.read_text().splitlines()] == [f'{{"step": {s}, "loss": 1.0}}' for s in range(1, 5)]
 
 
+def _leaf_parsers(parser):
+  """(parser, argv prefix) of a command and of each of its sub-actions (`data build`, `data show`)."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]  # pylint: disable=protected-access
+  if not subs:
+    return [(parser, [])]
+  return [(p, [name]) for name, p in subs[0].choices.items()]
+
+
 @pytest.mark.parametrize('command', list(cli.SUBCOMMANDS))
 def test_help_describes_every_option(command, capsys):
-  assert cli.main([command, '--help']) == 0
-  out = capsys.readouterr().out
-  import importlib
+  import importlib  # pylint: disable=g-import-not-at-top
   parser = cli.command_parser(command, importlib.import_module(f'gcd_jax.commands.{command}'))
-  actions = [a for a in parser._actions if a.option_strings and a.dest != 'help']  # pylint: disable=protected-access
-  for a in actions:
-    assert a.help, f'{command} {a.option_strings[0]} has no help'
-  assert f'gcd-jax {command}' in out and 'default' in out
   assert '\n  gcd-jax ' in (parser.description or ''), f'{command} --help shows no example'
+  for leaf, prefix in _leaf_parsers(parser):
+    assert cli.main([command, *prefix, '--help']) == 0
+    out = capsys.readouterr().out
+    assert f'gcd-jax {command}' in out
+    actions = [a for a in leaf._actions if a.option_strings and a.dest != 'help']  # pylint: disable=protected-access
+    for a in actions:
+      assert a.help, f'{command} {" ".join(prefix)} {a.option_strings[0]} has no help'
+    if any(a.default not in (None, False, '') for a in actions):
+      assert 'default' in out, out
 
 
 def test_version(capsys):
