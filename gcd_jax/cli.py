@@ -91,6 +91,10 @@ def command_parser(name: str, module) -> Parser:
   parser = Parser(prog=f'gcd-jax {name}', description=doc, formatter_class=_Formatter)
   module.add_arguments(parser)
   parser.add_argument('--debug', action='store_true', help='show the traceback of an error (or GCD_JAX_DEBUG=1)')
+  for action in parser._actions:  # pylint: disable=protected-access
+    if isinstance(action, argparse._SubParsersAction):  # pylint: disable=protected-access
+      for sub in action.choices.values():  # `data build` / `data show`: same help layout
+        sub.formatter_class = _Formatter
   return parser
 
 
