@@ -418,13 +418,44 @@ def _bright_color(rng):
   return np.array(colorsys.hls_to_rgb(h, l, s))
 
 
+@dataclasses.dataclass
+class _Bodies:
+  """The rigid bodies of a scene while it is simulated (arrays over objects; pos/rot/vel/omega change)."""
+  kinds: np.ndarray
+  half: np.ndarray          # half extents [n, 3]
+  bound: np.ndarray         # collision radius [n]
+  dynamic: np.ndarray       # thrown (True) or resting (False) [n]
+  masses: np.ndarray
+  restitution: np.ndarray
+  pos: np.ndarray = None
+  rot: np.ndarray = None
+  vel: np.ndarray = None
+  omega: np.ndarray = None
+
+
 def generate_scene(seed: int, cfg=None) -> ProceduralScene:
-  """Simulate one scene (deterministic in `seed` and `cfg`). Rendering happens on demand."""
+  """Simulate one scene (deterministic in `seed` and `cfg`). Rendering happens on demand. The random draws
+  happen in a fixed order (bodies, placement, throws, appearance), so a seed always gives the same scene."""
   cfg = scene_config('tiny') if cfg is None else cfg
   if isinstance(cfg, str):
     cfg = scene_config(cfg)
   _validate(cfg)
   rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x6CD]))
+  bodies = _sample_bodies(rng, cfg)
+  _place_bodies(rng, cfg, bodies)
+  _throw_bodies(rng, cfg, bodies)
+  textures, floor_colors, sky_colors, sun = _sample_appearance(rng, len(bodies.kinds))
+  positions, rotations, collisions = _simulate(cfg, bodies)
+  sph, extr, intr = _kubric_cameras(cfg)
+  return ProceduralScene(config=cfg, seed=int(seed), kinds=bodies.kinds, half_extents=bodies.half,
+                         dynamic=bodies.dynamic, masses=bodies.masses, restitution=bodies.restitution,
+                         textures=textures, positions=positions, rotations=rotations, intrinsics=intr,
+                         extrinsics=extr, view_spherical=sph, sun=sun, floor_colors=floor_colors,
+                         sky_colors=sky_colors, collisions=collisions)
+
+
+def _sample_bodies(rng, cfg) -> _Bodies:
+  """How many resting and thrown objects, their shapes, sizes, masses and bounciness."""
   n_static = int(rng.integers(cfg.num_static[0], cfg.num_static[1] + 1))
   n_dyn = int(rng.integers(cfg.num_dynamic[0], cfg.num_dynamic[1] + 1))
   n = n_static + n_dyn
@@ -437,33 +468,43 @@ def generate_scene(seed: int, cfg=None) -> ProceduralScene:
     else:
       half[i] = sizes[i] / 2 * rng.uniform(0.6, 1.0, size=3)
   bound = np.where(kinds == SPHERE, half[:, 0], half.max(-1))  # collision radius
-  dynamic = np.arange(n) >= n_static
   masses = np.prod(half * 2, -1) * np.where(kinds == SPHERE, np.pi / 6, 1.0) * rng.uniform(0.5, 1.5, n)
   restitution = rng.uniform(*cfg.restitution, size=n)
+  return _Bodies(kinds=kinds, half=half, bound=bound, dynamic=np.arange(n) >= n_static, masses=masses,
+                 restitution=restitution)
 
-  # Placement: static objects rest on the floor without overlapping (rejection sampling).
-  pos = np.zeros((n, 3))
-  rot = np.zeros((n, 3, 3))
+
+def _place_bodies(rng, cfg, b: _Bodies) -> None:
+  """Static objects rest on the floor, thrown ones start in the air; none overlap (rejection sampling)."""
+  n = len(b.kinds)
+  b.pos, b.rot = np.zeros((n, 3)), np.zeros((n, 3, 3))
   for i in range(n):
     for _ in range(200):
-      if dynamic[i]:
+      if b.dynamic[i]:
         xy = rng.uniform(-cfg.dynamic_spawn, cfg.dynamic_spawn, 2)
-        z = rng.uniform(*cfg.dynamic_height) + half[i, 2]
+        z = rng.uniform(*cfg.dynamic_height) + b.half[i, 2]
       else:
         xy = rng.uniform(-cfg.static_spawn, cfg.static_spawn, 2)
-        z = half[i, 2]
+        z = b.half[i, 2]
       p = np.array([xy[0], xy[1], z])
-      if all(np.linalg.norm(p - pos[j]) > bound[i] + bound[j] + 0.05 for j in range(i)):
+      if all(np.linalg.norm(p - b.pos[j]) > b.bound[i] + b.bound[j] + 0.05 for j in range(i)):
         break
-    pos[i] = p
-    rot[i] = _random_rotation(rng) if kinds[i] == SPHERE else _yaw(rng.uniform(0, 2 * np.pi))
-  vel = np.zeros((n, 3))
-  omega = np.zeros((n, 3))
-  for i in np.flatnonzero(dynamic):
-    vmax = np.asarray(cfg.dynamic_velocity)
-    vel[i] = rng.uniform(-vmax, vmax) - rng.uniform(*cfg.center_pull) * np.array([pos[i, 0], pos[i, 1], 0.0])
-    omega[i] = rng.normal(size=3) * 2.0 if kinds[i] == SPHERE else np.array([0, 0, rng.normal() * 2.0])
+    b.pos[i] = p
+    b.rot[i] = _random_rotation(rng) if b.kinds[i] == SPHERE else _yaw(rng.uniform(0, 2 * np.pi))
 
+
+def _throw_bodies(rng, cfg, b: _Bodies) -> None:
+  """Initial velocity (pulled towards the centre) and spin of the thrown objects."""
+  n = len(b.kinds)
+  b.vel, b.omega = np.zeros((n, 3)), np.zeros((n, 3))
+  for i in np.flatnonzero(b.dynamic):
+    vmax = np.asarray(cfg.dynamic_velocity)
+    b.vel[i] = rng.uniform(-vmax, vmax) - rng.uniform(*cfg.center_pull) * np.array([b.pos[i, 0], b.pos[i, 1], 0.0])
+    b.omega[i] = rng.normal(size=3) * 2.0 if b.kinds[i] == SPHERE else np.array([0, 0, rng.normal() * 2.0])
+
+
+def _sample_appearance(rng, n: int):
+  """Object textures, floor and sky colours, sun direction → (textures, floor_colors, sky_colors, sun)."""
   textures = {
       'kind': rng.integers(0, 3, size=n),
       'color_a': np.stack([_bright_color(rng) for _ in range(n)]) if n else np.zeros((0, 3)),
@@ -480,82 +521,91 @@ def generate_scene(seed: int, cfg=None) -> ProceduralScene:
                          np.array([0.25, 0.45, 0.85]) * rng.uniform(0.7, 1.1),
                          _bright_color(rng) * 0.5 + 0.5])
   sun_az, sun_el = rng.uniform(0, 360), rng.uniform(40, 70)
-  sun = cameras.cartesian_from_spherical(sun_az, sun_el, 1.0)
+  return textures, floor_colors, sky_colors, cameras.cartesian_from_spherical(sun_az, sun_el, 1.0)
 
-  # Simulation.
-  t_frames = cfg.num_frames
+
+def _simulate(cfg, b: _Bodies):
+  """Semi-implicit Euler with cfg.substeps per frame: gravity, floor, walls, object contacts.
+  → (positions [T, n, 3], rotations [T, n, 3, 3], collision events)."""
+  t_frames, n = cfg.num_frames, len(b.kinds)
   dt = 1.0 / (cfg.fps * cfg.substeps)
   positions = np.zeros((t_frames, n, 3))
   rotations = np.zeros((t_frames, n, 3, 3))
   collisions = []
   for f in range(t_frames):
-    positions[f], rotations[f] = pos, rot
+    positions[f], rotations[f] = b.pos, b.rot
     if f == t_frames - 1:
       break
     for _ in range(cfg.substeps):
-      for i in np.flatnonzero(dynamic):
-        vel[i, 2] -= cfg.gravity * dt
-        pos[i] += vel[i] * dt
-        rot[i] = _rodrigues(omega[i], dt) @ rot[i]
-        # Floor.
-        if pos[i, 2] - half[i, 2] < 0.0:
-          pos[i, 2] = half[i, 2]
-          if vel[i, 2] < -0.5:
-            collisions.append({'frame': f, 'kind': 'floor', 'instances': [int(i)],
-                               'speed': float(-vel[i, 2])})
-          vel[i, 2] = -restitution[i] * vel[i, 2] if vel[i, 2] < -0.3 else 0.0
-          if vel[i, 2] != 0.0:
-            vel[i, :2] *= 1.0 - cfg.friction
-          else:
-            vel[i, :2] *= max(1.0 - cfg.rolling_damping * dt, 0.0)
-          if kinds[i] == SPHERE:  # rolling without slipping: ω = ẑ × v / r
-            omega[i] = np.cross([0.0, 0.0, 1.0], vel[i]) / half[i, 0]
-            omega[i, 2] = 0.0
-          else:
-            omega[i] *= max(1.0 - 2.0 * dt, 0.0)
-        # Walls.
-        for ax in range(2):
-          if abs(pos[i, ax]) + bound[i] > cfg.arena_half_size and pos[i, ax] * vel[i, ax] > 0:
-            vel[i, ax] = -restitution[i] * vel[i, ax]
-      # Object–object (bounding spheres; impulse along the centre line).
-      for i in range(n):
-        for j in range(i + 1, n):
-          if not (dynamic[i] or dynamic[j]):
-            continue
-          d = pos[j] - pos[i]
-          dist = np.linalg.norm(d)
-          overlap = bound[i] + bound[j] - dist
-          if overlap <= 0 or dist < 1e-9:
-            continue
-          nrm = d / dist
-          inv_i = 1.0 / masses[i] if dynamic[i] else 0.0
-          inv_j = 1.0 / masses[j] if dynamic[j] else 0.0
-          rel = np.dot(vel[j] - vel[i], nrm)
-          if rel < 0:
-            e = min(restitution[i], restitution[j])
-            imp = -(1 + e) * rel / (inv_i + inv_j)
-            vel[i] -= imp * inv_i * nrm
-            vel[j] += imp * inv_j * nrm
-            if -rel > 0.5:
-              collisions.append({'frame': f, 'kind': 'object', 'instances': [int(i), int(j)],
-                                 'speed': float(-rel)})
-          # Positional correction (split by inverse mass); keep objects above the floor.
-          corr = overlap / (inv_i + inv_j)
-          pos[i] -= corr * inv_i * nrm
-          pos[j] += corr * inv_j * nrm
-          for k in (i, j):
-            pos[k, 2] = max(pos[k, 2], half[k, 2])
+      for i in np.flatnonzero(b.dynamic):
+        _step_body(cfg, b, i, f, dt, collisions)
+      _object_contacts(b, f, collisions)
+  return positions, rotations, collisions
 
-  # Cameras (static): Kubric-4D layout.
+
+def _step_body(cfg, b: _Bodies, i: int, f: int, dt: float, collisions: list) -> None:
+  """One substep of thrown object i: gravity, motion, floor bounce / rolling, wall bounce."""
+  pos, vel, omega, half = b.pos, b.vel, b.omega, b.half
+  vel[i, 2] -= cfg.gravity * dt
+  pos[i] += vel[i] * dt
+  b.rot[i] = _rodrigues(omega[i], dt) @ b.rot[i]
+  if pos[i, 2] - half[i, 2] < 0.0:  # floor
+    pos[i, 2] = half[i, 2]
+    if vel[i, 2] < -0.5:
+      collisions.append({'frame': f, 'kind': 'floor', 'instances': [int(i)], 'speed': float(-vel[i, 2])})
+    vel[i, 2] = -b.restitution[i] * vel[i, 2] if vel[i, 2] < -0.3 else 0.0
+    if vel[i, 2] != 0.0:
+      vel[i, :2] *= 1.0 - cfg.friction
+    else:
+      vel[i, :2] *= max(1.0 - cfg.rolling_damping * dt, 0.0)
+    if b.kinds[i] == SPHERE:  # rolling without slipping: ω = ẑ × v / r
+      omega[i] = np.cross([0.0, 0.0, 1.0], vel[i]) / half[i, 0]
+      omega[i, 2] = 0.0
+    else:
+      omega[i] *= max(1.0 - 2.0 * dt, 0.0)
+  for ax in range(2):  # walls
+    if abs(pos[i, ax]) + b.bound[i] > cfg.arena_half_size and pos[i, ax] * vel[i, ax] > 0:
+      vel[i, ax] = -b.restitution[i] * vel[i, ax]
+
+
+def _object_contacts(b: _Bodies, f: int, collisions: list) -> None:
+  """Object–object contacts (bounding spheres; impulse along the centre line, positional correction)."""
+  pos, vel, n = b.pos, b.vel, len(b.kinds)
+  for i in range(n):
+    for j in range(i + 1, n):
+      if not (b.dynamic[i] or b.dynamic[j]):
+        continue
+      d = pos[j] - pos[i]
+      dist = np.linalg.norm(d)
+      overlap = b.bound[i] + b.bound[j] - dist
+      if overlap <= 0 or dist < 1e-9:
+        continue
+      nrm = d / dist
+      inv_i = 1.0 / b.masses[i] if b.dynamic[i] else 0.0
+      inv_j = 1.0 / b.masses[j] if b.dynamic[j] else 0.0
+      rel = np.dot(vel[j] - vel[i], nrm)
+      if rel < 0:
+        e = min(b.restitution[i], b.restitution[j])
+        imp = -(1 + e) * rel / (inv_i + inv_j)
+        vel[i] -= imp * inv_i * nrm
+        vel[j] += imp * inv_j * nrm
+        if -rel > 0.5:
+          collisions.append({'frame': f, 'kind': 'object', 'instances': [int(i), int(j)], 'speed': float(-rel)})
+      # Positional correction (split by inverse mass); keep objects above the floor.
+      corr = overlap / (inv_i + inv_j)
+      pos[i] -= corr * inv_i * nrm
+      pos[j] += corr * inv_j * nrm
+      for k in (i, j):
+        pos[k, 2] = max(pos[k, 2], b.half[k, 2])
+
+
+def _kubric_cameras(cfg):
+  """The static cameras of Kubric-4D's layout → (spherical [V, 3], extrinsics, intrinsics)."""
   sph = cameras.kubric_view_spherical(cfg.camera_radius)[:cfg.num_views]
   extr = cameras.extrinsics_from_spherical(sph)
   fx = cfg.focal_over_sensor * cfg.width
   k = cameras.intrinsics_matrix(fx, fx, cfg.width / 2.0, cfg.height / 2.0)
-  intr = np.tile(k, (cfg.num_views, 1, 1))
-  return ProceduralScene(config=cfg, seed=int(seed), kinds=kinds, half_extents=half, dynamic=dynamic,
-                         masses=masses, restitution=restitution, textures=textures, positions=positions,
-                         rotations=rotations, intrinsics=intr, extrinsics=extr, view_spherical=sph, sun=sun,
-                         floor_colors=floor_colors, sky_colors=sky_colors, collisions=collisions)
+  return sph, extr, np.tile(k, (cfg.num_views, 1, 1))
 
 
 # ------------------------------------------------------------------------------------------------ writer
