@@ -101,13 +101,14 @@ class GCDPipeline:
   @classmethod
   def from_pretrained(cls, path: str, *, step: int | None = None, weights: str = 'auto', config: str = '',
                       overrides: Sequence[str] = (), progress: bool = True, warn=None) -> 'GCDPipeline':
-    """path: 'demo' (the packaged demo model), a `gcd-jax convert` / `train --export` model folder or a
-    training workdir (its latest step, or
+    """path: 'demo' (the packaged demo model), a `gcd-jax convert` / `train --export` model folder (on disk,
+    or `ORG/REPO[/SUBFOLDER]` on the Hugging Face Hub), or a training workdir (its latest step, or
     `step`; EMA weights when the run keeps them, or `weights='raw'`). config: a model preset or config file
     overriding the one stored with the checkpoint (with `overrides`, `--config.FIELD=VALUE` style)."""
     from gcd_jax.evaluate import generator as gen_lib  # pylint: disable=g-import-not-at-top
     from gcd_jax.train import workdir  # pylint: disable=g-import-not-at-top
-    path = DEMO_MODEL if path == 'demo' and not os.path.exists('demo') else path
+    from gcd_jax.convert import hub  # pylint: disable=g-import-not-at-top
+    path = DEMO_MODEL if path == 'demo' and not os.path.exists('demo') else hub.resolve_model_folder(path)
     checkpoint = workdir.resolve_model(path, step=step, weights=weights)
     if config:
       model_cfg, train_cfg = gen_lib.resolve_config(config, overrides)

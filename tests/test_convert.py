@@ -670,3 +670,18 @@ def test_convert_from_a_hub_reference_offline(ref, converted, tmp_path, monkeypa
   # Not cached and offline: one line that says so, nothing written.
   assert _cli_convert('diffusers', 'gcd-test/not-there', tmp_path / 'nope') == 1
   assert not os.path.exists(tmp_path / 'nope')
+
+
+def test_pipeline_from_a_hub_model_folder_offline(tmp_path, monkeypatch):
+  """GCDPipeline.from_pretrained('ORG/REPO') finds a gcd-jax model folder in the Hub cache (offline)."""
+  import glob  # pylint: disable=g-import-not-at-top
+  from gcd_jax.pipeline import DEMO_MODEL, GCDPipeline  # pylint: disable=g-import-not-at-top
+  files = {os.path.relpath(p, DEMO_MODEL): p for p in glob.glob(os.path.join(DEMO_MODEL, '**', '*'), recursive=True)
+           if os.path.isfile(p)}
+  home = _hub_cache(tmp_path / 'hf', 'gcd-test/demo-model', files)
+  import huggingface_hub.constants  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+  monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+  monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', os.path.join(home, 'hub'))
+  pipe = GCDPipeline.from_pretrained('gcd-test/demo-model')
+  assert pipe.checkpoint.startswith(home) and pipe.num_frames == 6 and pipe.frame_size == (48, 32)

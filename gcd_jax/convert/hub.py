@@ -33,7 +33,19 @@ def is_hub_reference(src: str, fmt: str) -> bool:
   return len(parts) >= 3 and bool(_REPO.match('/'.join(parts[:2])))
 
 
-def resolve(src: str, fmt: str, *, revision: str | None = None) -> str:
+def resolve_model_folder(src: str, *, revision: str | None = None) -> str:
+  """A gcd-jax model folder (`gcd-jax convert` output, with metadata.json) on disk, or `ORG/REPO[/SUBFOLDER]`
+  on the Hub → a local folder (the Hub snapshot in its cache)."""
+  src = os.fspath(src)
+  parts = src.split('/')
+  if os.path.exists(src) or src.startswith(('.', '/', '~')) or len(parts) < 2 or not _REPO.match('/'.join(parts[:2])):
+    return src
+  sub = '/'.join(parts[2:])
+  folder = resolve('/'.join(parts[:2]), 'diffusers', revision=revision, patterns=(f'{sub}/*' if sub else '*',))
+  return os.path.join(folder, sub) if sub else folder
+
+
+def resolve(src: str, fmt: str, *, revision: str | None = None, patterns=DIFFUSERS_PATTERNS) -> str:
   """A local path for `src`: itself when it exists, else the Hub download / cache entry."""
   src = os.fspath(src)
   if not is_hub_reference(src, fmt):
@@ -45,7 +57,7 @@ def resolve(src: str, fmt: str, *, revision: str | None = None) -> str:
     raise WeightFileError(f'{src} is not a local path and huggingface_hub is not installed to fetch it') from e
   try:
     if fmt == 'diffusers':
-      return huggingface_hub.snapshot_download(src, revision=revision, allow_patterns=list(DIFFUSERS_PATTERNS))
+      return huggingface_hub.snapshot_download(src, revision=revision, allow_patterns=list(patterns))
     repo, filename = '/'.join(src.split('/')[:2]), '/'.join(src.split('/')[2:])
     return huggingface_hub.hf_hub_download(repo, filename, revision=revision)
   except errors.LocalEntryNotFoundError as e:
