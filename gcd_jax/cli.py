@@ -62,6 +62,8 @@ def quiet_library_noise() -> None:
   subprocess's fork+exec of ffmpeg (imageio-ffmpeg sets a preexec_fn so Ctrl-C does not kill it mid-write),
   which runs no Python in the child, so the warning is noise."""
   warnings.filterwarnings('ignore', message=r'os\.fork\(\) was called', category=RuntimeWarning)
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS's INFO/WARNING lines (variant folders, shuffling)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   os.environ.setdefault('GRPC_VERBOSITY', 'ERROR')
 
