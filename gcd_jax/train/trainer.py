@@ -89,7 +89,11 @@ def weight_sources(config, workdir: str, layouts: dict, log=print) -> dict:
   the VAE fit when config.vae_fit.steps > 0, else by `save_frozen` after random init), so that a resume,
   `sample`, `evaluate` and `export` of the workdir all see the same frozen weights."""
   if config.init_checkpoint:
-    return {k: config.init_checkpoint for k in layouts}
+    from gcd_jax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+    src = config.init_checkpoint
+    if workdir_lib.is_workdir(src):  # another run: its latest step's raw weights (exported once, W/models/)
+      src = workdir_lib.resolve_model(src, weights='raw', log=log)
+    return {k: src for k in layouts}
   fdir = frozen_dir(workdir)
   if os.path.isdir(fdir):
     return {k: fdir for k in layouts}
