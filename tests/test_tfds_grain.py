@@ -322,7 +322,7 @@ def test_data_command_build(kubric_root, tmp_path, capsys):  # noqa: F811
   assert len(os.listdir(os.path.join(pcl, 'scn00001'))) == 6 + 1  # 6 frames + cameras.npz
   rc = main(['data', 'build', 'kubric_4d', '--data-dir', str(tmp_path / 'tfds2'), '--config', 'tiny',
              '--manual-dir', str(tmp_path / 'missing')])
-  assert rc == 1 and 'manual_dir' in capsys.readouterr().err
+  assert rc == 2 and '--manual-dir' in capsys.readouterr().err  # a usage error: the folder the user named
 
 
 def test_procedural_builder_end_to_end(tmp_path):
