@@ -22,7 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser):
     p.add_argument('name', choices=['procedural_4d', 'kubric_4d', 'pardom_4d'], help='dataset')
     p.add_argument('--data-dir', default=os.path.expanduser('~/tensorflow_datasets'),
                    help='TFDS data_dir (default ~/tensorflow_datasets).')
-    p.add_argument('--config', default='tiny', help='builder config: procedural_4d tiny / demo / demo_eval / small / full; kubric_4d, pardom_4d full / tiny')
+    p.add_argument('--config', default='tiny',
+                   help='builder config: procedural_4d tiny / demo / demo_eval / small / full; kubric_4d, '
+                        'pardom_4d full / tiny')
     p.add_argument('--manual-dir', default=None,
                    help='Kubric-4D / PD raw layout (required for those), procedural scene cache (optional).')
   b.add_argument('--no-progress', action='store_true', help='no progress bars')
