@@ -91,45 +91,25 @@ def test_resume_with_another_config_is_refused(tmp_path, cache, reference):
   assert r.returncode == 0 and 'already at step 8' in r.stdout, r.stderr[-2000:]
 
 
-def test_sigterm_saves_and_exits(tmp_path, cache, reference):
+@pytest.mark.parametrize('sig,code', [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=['SIGTERM', 'SIGINT'])
+def test_signal_saves_and_exits(sig, code, tmp_path, cache, reference):
+  """SIGTERM (preemption) and SIGINT (Ctrl-C): finish the step, commit its checkpoint, exit 143 / 130."""
   del reference  # compiled program already in the cache
-  wd = str(tmp_path / 'term')
+  wd = str(tmp_path / 'run')
   env = subprocess_env(8, cache)
   cmd = train_cmd(wd, CONFIG.replace('steps=8', 'steps=200'), OVERRIDES[:1] + ['--config.checkpoint.every_steps=1000'])
-  log_path = tmp_path / 'term.log'
+  log_path = tmp_path / 'run.log'
   with open(log_path, 'w') as log:
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
       wait_for(lambda: len(read_losses(wd)) >= 2, proc, 600, 'two training steps')
-      proc.send_signal(signal.SIGTERM)
+      proc.send_signal(sig)
       proc.wait(timeout=300)
     finally:
       if proc.poll() is None:
         proc.kill()
   out = log_path.read_text()
-  assert proc.returncode == 143, out[-3000:]
+  assert proc.returncode == code, out[-3000:]
   steps = committed_steps(wd)
   assert len(steps) == 1 and steps[0] == max(read_losses(wd)), (steps, read_losses(wd))
-  assert 'SIGTERM: checkpoint for step' in out
-
-
-def test_sigint_saves_like_sigterm(tmp_path, cache, reference):
-  del reference
-  wd = str(tmp_path / 'int')
-  env = subprocess_env(8, cache)
-  cmd = train_cmd(wd, CONFIG.replace('steps=8', 'steps=200'), OVERRIDES[:1] + ['--config.checkpoint.every_steps=1000'])
-  log_path = tmp_path / 'int.log'
-  with open(log_path, 'w') as log:
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-      wait_for(lambda: len(read_losses(wd)) >= 2, proc, 600, 'two training steps')
-      proc.send_signal(signal.SIGINT)
-      proc.wait(timeout=300)
-    finally:
-      if proc.poll() is None:
-        proc.kill()
-  out = log_path.read_text()
-  assert proc.returncode == 130, out[-3000:]
-  steps = committed_steps(wd)
-  assert len(steps) == 1 and steps[0] == max(read_losses(wd)), (steps, read_losses(wd))
-  assert 'SIGINT: checkpoint for step' in out and 'Traceback' not in out
+  assert f'{signal.Signals(sig).name}: checkpoint for step' in out and 'Traceback' not in out
