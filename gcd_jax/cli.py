@@ -129,8 +129,9 @@ def _usage_errors() -> tuple:
   from gcd_jax.evaluate.inference import InputError  # pylint: disable=g-import-not-at-top
   from gcd_jax.evaluate.media import MediaError  # pylint: disable=g-import-not-at-top
   from gcd_jax.models.config import ConfigError as ModelConfigError  # pylint: disable=g-import-not-at-top
+  from gcd_jax.train.workdir import WorkdirError  # pylint: disable=g-import-not-at-top
   return (UsageError, ConfigError, DataArgumentError, ControlError, InputError, MediaError, ModelConfigError,
-          CheckpointConfigError, WrongFormatError)
+          CheckpointConfigError, WrongFormatError, WorkdirError)
 
 
 def _expected_errors() -> tuple:
