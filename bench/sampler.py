@@ -39,7 +39,7 @@ from gcd_jax.models import presets as models
 from gcd_jax.convert.diffusers import diffusers_unet_config
 from gcd_jax.convert.torch_layout import torch_state_dict
 from gcd_jax.diffusion.config import diffusion_config
-from gcd_jax.diffusion.denoiser import network_fn_from_unet, vscaling_edm_cnoise
+from gcd_jax.diffusion.denoiser import network_fn_from_unet
 from gcd_jax.diffusion.discretization import edm_discretization, guidance_scales
 from gcd_jax.diffusion.sampler import sample_latents
 from gcd_jax.models import layers

@@ -6,6 +6,8 @@ r"""AOT memory/FLOP bench of the FULL-SIZE GCD train step (nothing is allocated:
   python bench/train_memory.py --dump /tmp/tm                # + the buffers live at XLA's peak
   python bench/train_memory.py --xla-cpu-remat cse           # stock XLA:CPU pipeline (remat undone, see below)
 
+The TPU compiler's own figures for the same program: bench/tpu_compile.py (this file is the XLA:CPU stand-in).
+
 Builds the abstract train state (GCD U-Net + camera embedder, float32 master weights, Adam moments) and
 frozen VAE/CLIP with the config's sharding rules on a (1, 8, 1) mesh, lowers and compiles the jitted train
 step for batch 1 video per device, then prints XLA's per-device memory analysis
@@ -104,41 +106,24 @@ def main() -> int:
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from gcd_jax import config_flags  # pylint: disable=g-import-not-at-top
-  from gcd_jax.train import sharding as sh, train_step as ts  # pylint: disable=g-import-not-at-top
+  from gcd_jax.train import sharding as sh  # pylint: disable=g-import-not-at-top
   from gcd_jax.train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-  from gcd_jax.train.trainer import build_layouts  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import programs  # pylint: disable=g-import-not-at-top
   cfg = config_flags.load_config(args.config)
   cfg.features = args.features
   cfg.model.remat = args.remat
   cfg.model.dtype = args.dtype
+  cfg.model.attention = 'xla'  # the XLA:CPU stand-in for TPU: the materialised attention (see above)
   cfg.model.num_frames = cfg.data.num_frames = args.frames
   devices = jax.devices()[:args.devices]
   mesh = sh.make_mesh((1, len(devices), 1), ('data', 'fsdp', 'tensor'), devices=devices)
-  b = args.batch_per_device * len(devices)
   t, h, w = args.frames, args.height, args.width
   t0 = time.perf_counter()
-  _, layouts = build_layouts(cfg)
-  net_layout = layouts['network']
-  frozen_layouts = {k: v for k, v in layouts.items() if k != 'network'}
-  tx, schedule = ts.make_optimizer(cfg.optim)
-  abstract_state, state_specs = ts.state_specs(cfg, net_layout, tx, mesh)
-  frozen_specs = ts.frozen_specs(cfg, frozen_layouts, mesh)
-  frozen_abstract = {k: l.abstract_flat() for k, l in frozen_layouts.items()}
-  f32, i32 = np.float32, np.int32
-  sds = jax.ShapeDtypeStruct
-  batch = dict(fps_id=sds((b, t), i32), motion_bucket_id=sds((b, t), i32), cond_aug=sds((b, t), f32),
-               scaled_relative_angles=sds((b, t, 3), f32), scaled_relative_pose=sds((b, t, 3, 4), f32),
-               idx=sds((b,), np.int64), jpg=sds((b, t, h, w, 3), f32))
-  if args.features == 'in_step':
-    batch.update(cond_frames_without_noise=sds((b, t, h, w, 3), f32), cond_frames=sds((b, t, h, w, 3), f32))
-  else:
-    lat = (b, t, h // 8, w // 8, 4)
-    batch.update(clip_embeds=sds((b, t, int(cfg.model.clip.projection_dim)), f32), concat_latents=sds(lat, f32),
-                 target_mean=sds(lat, f32), target_logvar=sds(lat, f32))
+  jitted, (abstract_state, frozen_abstract, batch) = programs.train_program(cfg, mesh, args.batch_per_device, t, h, w)
+  b = batch['jpg'].shape[0]
   n_params = sum(int(np.prod(a.shape)) for a in abstract_state['params'].values())
   print(f'abstract build {time.perf_counter() - t0:.1f}s; trainable params {n_params:,}', flush=True)
-  step_fn = ts.make_train_step(cfg, net_layout, frozen_layouts.get('vae'), frozen_layouts.get('clip'), tx, schedule)
-  jitted = ts.jit_train_step(step_fn, mesh, state_specs, frozen_specs, batch)
   t0 = time.perf_counter()
   lowered = jitted.lower(abstract_state, frozen_abstract, batch)
   t_lower = time.perf_counter() - t0

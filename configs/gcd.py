@@ -35,7 +35,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.resume_with_changes = False  # resuming a workdir with a different config is refused unless True
   c.init_missing = True  # camera layers absent from an SVD checkpoint are initialised fresh
 
-  c.mesh = ml_collections.ConfigDict(dict(shape=(1, -1, 1), axes=('data', 'fsdp', 'tensor')))
+  # shape: the mesh of one slice (-1: the remaining devices). dcn_shape: how the axes span TPU slices in a
+  # multi-slice job (e.g. (2, 1, 1): data parallel across 2 slices over DCN, FSDP within each slice over ICI).
+  c.mesh = ml_collections.ConfigDict(dict(shape=(1, -1, 1), axes=('data', 'fsdp', 'tensor'), dcn_shape=(1, 1, 1)))
   c.sharding = ml_collections.ConfigDict(dict(
       rules=(('embed', 'fsdp'), ('mlp', 'tensor'), ('norm', None)),
       fsdp_largest=True,  # 'fsdp' moves to each kernel's largest evenly divisible dim

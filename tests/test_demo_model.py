@@ -3,7 +3,8 @@
 * the model folder is complete, ≤ 30 MB, and was made by the documented second stage,
   `gcd-jax train --config configs/demo.py:stage=2 --config.init_checkpoint=<the stage-1 model>`: its stored
   training config equals configs/demo.py:stage=2 today (apart from the machine's paths, data_dir and
-  init_checkpoint, and the CLI's resume policy flag), so the documented commands reproduce it;
+  init_checkpoint, the CLI's resume policy flag, and the device-layout options mesh.dcn_shape and
+  model.attention), so the documented commands reproduce it;
 * its VAE (fitted by the trainer, gcd_jax/train/vae_fit.py) has unit-std target latents and reconstructs
   held-out-style procedural frames well enough for the demo and the learning tests;
 * `demo_video` / `frame_strip` compose labelled, ×4 upscaled panels from an evaluation folder.
@@ -28,6 +29,10 @@ def _strip_machine(d: dict) -> dict:
   d['data'].pop('data_dir')
   d.pop('init_checkpoint')  # a path on the training machine (the stage-1 model, docs/demo_model.md)
   d.pop('resume_with_changes', None)  # how the CLI treats a resume, not part of the training recipe
+  # How the same arithmetic is laid out on devices (options added after the model was trained; their
+  # defaults compute what the run computed): the multi-slice mesh and the attention implementation.
+  d['mesh'].pop('dcn_shape', None)
+  d['model'].pop('attention', None)
   return d
 
 

@@ -33,6 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from gcd_jax.diffusion.conditioner import append_camera, unconditional
 from gcd_jax.diffusion.denoiser import NetworkFn, denoise, network_fn_from_unet
 from gcd_jax.diffusion.discretization import edm_discretization, guidance_scales
+from gcd_jax.models import attention
 
 COND_KEYS = ('concat', 'crossattn', 'vector')
 
@@ -172,7 +173,7 @@ def decode_latents(vae, z: jax.Array, num_frames: int, chunk_size: int | None) -
 
 def make_sample_fn(cfg: ml_collections.ConfigDict, *, num_frames: int, mesh: jax.sharding.Mesh | None = None,
                    data_axis: str = 'data', guidance: bool = True, decode: bool = True,
-                   python_loop: bool = False, callback=None):
+                   python_loop: bool = False, callback=None, attention_impl: str = 'auto'):
   """Builds `sample_fn(network, vae, cond, key) -> videos [B·T, H, W, 3] in [0, 1]` (or latents with
   decode=False; `vae` may then be None).
 
@@ -219,10 +220,13 @@ def make_sample_fn(cfg: ml_collections.ConfigDict, *, num_frames: int, mesh: jax
     return constrain(_step(i, x, k_churn, network_fn_from_unet(net.unet), cond2, scales, sigmas, gammas,
                            cfg, num_frames, cfg.sampler.num_steps - 1))
 
-  jit_program = jax.jit(program, static_argnums=(0, 2))
-  jit_prepare = jax.jit(prepare_program, static_argnums=(0,))
-  jit_step = jax.jit(step_program, static_argnums=(0,))
-  jit_decode = jax.jit(decode_program, static_argnums=(0,))
+  # The attention implementation (the model config's `attention`), traced with the mesh: a Pallas kernel
+  # then runs per device over its rows (gcd_jax/models/attention.py).
+  backend = attention.Backend(impl=attention_impl, mesh=mesh, row_axes=(data_axis,) if mesh is not None else ())
+  jit_program = jax.jit(attention.with_backend(program, backend), static_argnums=(0, 2))
+  jit_prepare = jax.jit(attention.with_backend(prepare_program, backend), static_argnums=(0,))
+  jit_step = jax.jit(attention.with_backend(step_program, backend), static_argnums=(0,))
+  jit_decode = jax.jit(attention.with_backend(decode_program, backend), static_argnums=(0,))
 
   def sample_fn(network, vae, cond, key):
     n = cond['concat'].shape[0]

@@ -125,14 +125,19 @@ def sample_videos(network, vae, clip, batch: dict, keys, cfg, diff_cfg):
   return jnp.swapaxes(out, 0, 1)
 
 
-@functools.partial(jax.jit, static_argnames=('graphdef', 'cfg_json', 'diff_json'))
-def _sample_jit(state, batch, keys, *, graphdef, cfg_json, diff_json):
-  """Module-level jit: generators with equal model structure, settings and shapes share one compile."""
+@functools.partial(jax.jit, static_argnames=('graphdef', 'cfg_json', 'diff_json', 'mesh'))
+def _sample_jit(state, batch, keys, *, graphdef, cfg_json, diff_json, mesh=None):
+  """Module-level jit: generators with equal model structure, settings and shapes share one compile. The
+  attention implementation is the model config's (gcd_jax/models/attention.py), per device over `mesh`'s
+  'data' rows."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
+  from gcd_jax.models import attention  # pylint: disable=g-import-not-at-top
+  cfg = ml_collections.ConfigDict(json.loads(cfg_json))
   network, vae, clip = nnx.merge(graphdef, state)
-  return sample_videos(network, vae, clip, batch, keys, ml_collections.ConfigDict(json.loads(cfg_json)),
-                       ml_collections.ConfigDict(json.loads(diff_json)))
+  backend = attention.Backend(impl=cfg.get('attention', 'auto'), mesh=mesh, row_axes=('data',) if mesh is not None else ())
+  with attention.use_backend(backend):
+    return sample_videos(network, vae, clip, batch, keys, cfg, ml_collections.ConfigDict(json.loads(diff_json)))
 
 
 _ANNOUNCED = set()
@@ -162,7 +167,7 @@ class VideoGenerator:
     diff_cfg.decode.chunk_size = int(decoding_t)
     self._steps = int(steps)
     self._static = dict(graphdef=self._graphdef, cfg_json=model_cfg.to_json(sort_keys=True),
-                        diff_json=diff_cfg.to_json(sort_keys=True))
+                        diff_json=diff_cfg.to_json(sort_keys=True), mesh=self.mesh)
 
   def __call__(self, examples, keys) -> np.ndarray:
     """examples: list (≤ batch_size) of per-video dicts [T, ...]; keys uint32 [len(examples), S, 2] →

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import ml_collections
 
 _ALLOWED = {
-    '': {'name', 'unet', 'camera', 'vae', 'clip', 'num_frames', 'dtype', 'param_dtype', 'remat'},
+    '': {'name', 'unet', 'camera', 'vae', 'clip', 'num_frames', 'dtype', 'param_dtype', 'remat', 'attention'},
     'unet': {'in_channels', 'out_channels', 'model_channels', 'channel_mult', 'num_res_blocks',
              'attention_resolutions', 'num_head_channels', 'transformer_depth', 'context_dim',
              'addition_time_embed_dim', 'adm_in_channels', 'aux_emb_dim', 'num_groups',
@@ -76,6 +76,9 @@ def validate_model_config(cfg: ml_collections.ConfigDict) -> None:
     problems.append(f'CLIP image_size {c.image_size} not divisible by patch_size={c.patch_size}')
   if cfg.remat not in REMAT_POLICIES:
     problems.append(f'remat={cfg.remat!r}; use one of {REMAT_POLICIES}')
+  from gcd_jax.models.attention import IMPLEMENTATIONS  # pylint: disable=g-import-not-at-top
+  if cfg.get('attention', 'auto') not in IMPLEMENTATIONS:
+    problems.append(f'attention={cfg.attention!r}; use one of {IMPLEMENTATIONS}')
   for key in ('dtype', 'param_dtype'):
     if cfg[key] not in _DTYPES:
       problems.append(f'{key}={cfg[key]!r}; use one of {sorted(_DTYPES)}')

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gcd_jax.models import attention
+
 Dtype = jnp.dtype | type
 
 
@@ -176,7 +178,8 @@ def gelu(x: jax.Array) -> jax.Array:
 
 
 def multi_head_attention(q: jax.Array, k: jax.Array, v: jax.Array, num_heads: int) -> jax.Array:
-  """Softmax attention through `jax.nn.dot_product_attention`, scale 1/sqrt(head_dim).
+  """Softmax attention, scale 1/sqrt(head_dim), through `attention.dot_product_attention` (the
+  implementation in effect: XLA, Pallas flash on TPU, cuDNN on GPU, query-chunked on CPU).
 
   q: [N, Lq, C], k/v: [N, Lk, C] → [N, Lq, C]. Softmax is taken in float32 for low-precision inputs.
   """
@@ -186,7 +189,7 @@ def multi_head_attention(q: jax.Array, k: jax.Array, v: jax.Array, num_heads: in
   qh = q.reshape(n, lq, num_heads, d)
   kh = k.reshape(n, lk, num_heads, d)
   vh = v.reshape(n, lk, num_heads, d)
-  out = jax.nn.dot_product_attention(qh, kh, vh, implementation=None)
+  out = attention.dot_product_attention(qh, kh, vh)
   return out.reshape(n, lq, c)
 
 

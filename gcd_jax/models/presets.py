@@ -19,7 +19,7 @@ Presets
              attention cost ~45% of a train step), a 16-wide camera embedding. 4.8 M U-Net parameters.
 
 Options after the preset, comma separated: `dtype=bfloat16`, `remat=full|none|dots`,
-`eps=sgm|diffusers` (U-Net ResBlock GroupNorm eps layout, see `resblock_norm_eps` below).
+`attention=auto|xla|flash|cudnn|chunked`, `eps=sgm|diffusers` (U-Net ResBlock GroupNorm eps layout, see `resblock_norm_eps` below).
 Example: `configs/models.py:gcd,dtype=bfloat16,remat=full`.
 """
 
@@ -110,6 +110,10 @@ def svd() -> ml_collections.ConfigDict:
       # Rematerialisation of each ResBlock / transformer block: 'none' | 'full' | 'dots' (save matmul
       # outputs). The reference trains with gradient checkpointing on (use_checkpoint=True).
       remat='none',
+      # The attention core (gcd_jax/models/attention.py): 'auto' = Pallas flash on TPU, cuDNN on GPU (half
+      # precision), query-chunked on CPU; or 'xla' | 'flash' | 'cudnn' | 'chunked'. Same math; not stored
+      # with the weights' shapes, so it may differ between training and sampling.
+      attention='auto',
   ))
 
 
@@ -161,7 +165,7 @@ def demo() -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`arg` = 'preset[,key=value...]' with keys dtype, remat, eps (see module docstring)."""
+  """`arg` = 'preset[,key=value...]' with keys dtype, remat, attention, eps (see module docstring)."""
   parts = [p for p in (arg or 'gcd').split(',') if p]
   preset, options = parts[0], parts[1:]
   if preset not in PRESETS:
@@ -173,10 +177,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       cfg.dtype = value
     elif key == 'remat':
       cfg.remat = value
+    elif key == 'attention':
+      cfg.attention = value
     elif key == 'eps':
       cfg.unet.resblock_norm_eps = value
     else:
-      raise ValueError(f'unknown model option {key!r} in {arg!r}; options are dtype=, remat=, eps=')
+      raise ValueError(f'unknown model option {key!r} in {arg!r}; options are dtype=, remat=, attention=, eps=')
   from gcd_jax.models.config import validate_model_config  # pylint: disable=g-import-not-at-top
   validate_model_config(cfg)
   return cfg

@@ -30,11 +30,22 @@ MESH_AXES = ('data', 'fsdp', 'tensor')
 BATCH_AXES = ('data', 'fsdp')
 
 
-def make_mesh(shape: Sequence[int], axes: Sequence[str] = MESH_AXES, devices=None) -> Mesh:
+def make_mesh(shape: Sequence[int], axes: Sequence[str] = MESH_AXES, devices=None,
+              dcn_shape: Sequence[int] | None = None) -> Mesh:
   """Mesh over all (global) devices. One entry of `shape` may be -1: it takes the remaining devices.
 
-  shape (1, -1, 1) on 8 devices → data 1, fsdp 8, tensor 1."""
+  shape (1, -1, 1) on 8 devices → data 1, fsdp 8, tensor 1.
+
+  dcn_shape (multi-slice TPU jobs): how each axis spans the slices, which talk over the data-centre network
+  (DCN) instead of ICI; `shape` is then the mesh of ONE slice. E.g. 2 slices of 8 chips with shape (1, -1, 1)
+  and dcn_shape (2, 1, 1): data 2 (across slices: one gradient all-reduce per step over DCN), fsdp 8 (within
+  a slice, over ICI). Built by `mesh_utils.create_hybrid_device_mesh` from the devices' `slice_index`."""
   devices = jax.devices() if devices is None else devices
+  dcn = [int(s) for s in (dcn_shape or (1,) * len(axes))]
+  if len(dcn) != len(axes):
+    raise ValueError(f'mesh dcn_shape {dcn} and axes {tuple(axes)} differ in length')
+  if math.prod(dcn) > 1:
+    return _hybrid_mesh(shape, axes, devices, dcn)
   n = len(devices)
   shape = [int(s) for s in shape]
   if len(shape) != len(axes):
@@ -53,6 +64,24 @@ def make_mesh(shape: Sequence[int], axes: Sequence[str] = MESH_AXES, devices=Non
   # make_mesh defaults to Explicit axes, which would demand out_sharding on every conv/dot).
   auto = (jax.sharding.AxisType.Auto,) * len(axes)
   return jax.make_mesh(tuple(shape), tuple(axes), axis_types=auto, devices=devices)
+
+
+def _hybrid_mesh(shape, axes, devices, dcn) -> Mesh:
+  from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
+  slices = math.prod(dcn)
+  found = len({getattr(d, 'slice_index', 0) for d in devices})
+  if found != slices:
+    raise ValueError(f'mesh dcn_shape {tuple(dcn)} needs {slices} slices; the devices come from {found} '
+                     '(slice_index): set --config.mesh.dcn_shape to the job\'s slice count, e.g. "(2,1,1)"')
+  per_slice = len(devices) // slices
+  ici = [int(s) for s in shape]
+  if -1 in ici:
+    rest = math.prod(s for s in ici if s != -1)
+    ici[ici.index(-1)] = per_slice // max(rest, 1)
+  if math.prod(ici) != per_slice:
+    raise ValueError(f'mesh shape {tuple(ici)} needs {math.prod(ici)} devices per slice, each slice has {per_slice}')
+  grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices=devices)
+  return Mesh(grid, tuple(axes), axis_types=(jax.sharding.AxisType.Auto,) * len(axes))
 
 
 def logical_to_spec(shape: Sequence[int], names: Sequence[str | None] | None, rules: Mapping[str, str | None],

@@ -274,10 +274,16 @@ def frozen_specs(config, layouts: dict, mesh) -> dict:
           for k, l in layouts.items()}
 
 
-def jit_train_step(step_fn, mesh, state_spec_tree, frozen_spec_tree, batch_abstract: dict):
+def jit_train_step(step_fn, mesh, state_spec_tree, frozen_spec_tree, batch_abstract: dict, *,
+                   attention_impl: str = 'auto'):
   """jax.jit with explicit shardings: state/frozen per rules, batch over (data, fsdp), metrics replicated;
-  the old state is donated (params and Adam moments are updated in place)."""
+  the old state is donated (params and Adam moments are updated in place). attention_impl: the model
+  config's `attention` (gcd_jax/models/attention.py), traced with the mesh so that a Pallas kernel runs
+  per device over the rows the batch axes give it."""
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from gcd_jax.models import attention  # pylint: disable=g-import-not-at-top
+  step_fn = attention.with_backend(step_fn, attention.Backend(impl=attention_impl, mesh=mesh,
+                                                              row_axes=sh.BATCH_AXES))
   state_sh = sh.named(mesh, state_spec_tree)
   frozen_sh = sh.named(mesh, frozen_spec_tree)
   batch_sh = {k: NamedSharding(mesh, sh.batch_spec(len(v.shape))) for k, v in batch_abstract.items()}

@@ -276,7 +276,7 @@ def train(config, workdir: str, *, log=None) -> dict:
   log = log or (lambda *a: print(*a, flush=True))  # flushed: logs are often redirected to files
   # Everything that can be wrong with the request is checked before the first file is written.
   check_config(config)
-  mesh = sh.make_mesh(config.mesh.shape, config.mesh.axes)
+  mesh = sh.make_mesh(config.mesh.shape, config.mesh.axes, dcn_shape=config.mesh.get('dcn_shape'))
   if config.batch_size % sh.batch_divisor(mesh):
     from gcd_jax.config_flags import ConfigError  # pylint: disable=g-import-not-at-top
     d = sh.batch_divisor(mesh)
@@ -336,7 +336,8 @@ def train(config, workdir: str, *, log=None) -> dict:
   step_fn = ts.make_train_step(config, net_layout, frozen_layouts.get('vae'), frozen_layouts.get('clip'), tx, schedule)
   first = input_lib.train_batch(next(data_iter), config.features)
   batch_abstract = {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:], v.dtype) for k, v in first.items()}
-  jitted = ts.jit_train_step(step_fn, mesh, state_spec_tree, frozen_spec_tree, batch_abstract)
+  jitted = ts.jit_train_step(step_fn, mesh, state_spec_tree, frozen_spec_tree, batch_abstract,
+                             attention_impl=config.model.get('attention', 'auto'))
   t0 = time.perf_counter()
   log(f'[train] compiling the train step ({config.batch_size} videos × {config.model.num_frames} frames per step; '
       'cached across runs by JAX\'s persistent compilation cache)')
@@ -428,7 +429,8 @@ def write_preview(config, net_layout, frozen_layouts, params, frozen, batch, mes
   vae = frozen_layouts['vae'].module(frozen['vae'])
   clip = frozen_layouts['clip'].module(frozen['clip'])
   cond = Conditioner(config.model, vae, clip)(rows)
-  sample_fn = make_sample_fn(config.diffusion, num_frames=t, mesh=mesh)
+  sample_fn = make_sample_fn(config.diffusion, num_frames=t, mesh=mesh,
+                             attention_impl=config.model.get('attention', 'auto'))
   videos = sample_fn(net, vae, cond, jax.random.key(config.seed) if key is None else key)
   videos = np.asarray(videos).reshape((b, t) + videos.shape[1:])
   if jax.process_index() == 0:
