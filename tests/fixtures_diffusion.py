@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 
 def random_tiny(build, cfg, seed: int) -> nnx.Module:
-  """`build(cfg, rngs)` as an abstract tree (nnx.eval_shape: no eager init, fast) filled by
+  """`build(cfg, rngs)` as an abstract tree (layers.abstract_module: no eager init, fast) filled by
   `randomise_nnx_`."""
-  return randomise_nnx_(nnx.eval_shape(lambda: build(cfg, nnx.Rngs(0))), seed)
+  from gcd_jax.models import layers  # pylint: disable=g-import-not-at-top
+  return randomise_nnx_(layers.abstract_module(build, cfg), seed)
 
 
 def randomise_nnx_(module: nnx.Module, seed: int) -> nnx.Module:

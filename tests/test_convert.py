@@ -22,7 +22,6 @@ import torch
 from flax import nnx
 
 from gcd_jax.models import presets as models
-from gcd_jax.commands import convert as convert_cmd
 from gcd_jax.commands import export as export_cmd
 from gcd_jax.convert import checkpoint_io, sgm_keys, sources
 from gcd_jax.convert import convert as conv
@@ -613,12 +612,14 @@ def test_safetensors_writer_reader_agree_with_library(tmp_path):
 
 @pytest.mark.parametrize('component', checkpoint_io.COMPONENTS)
 def test_fast_abstract_build_equals_rngs_build(component):
-  """checkpoint_io builds abstract modules with rngs=None (fast); same graph and shapes as Rngs(0)."""
+  """Abstract modules are built with rngs=None (layers.abstract_module, the fast path used by the trainer and
+  checkpoint_io); same graph and shapes as tracing nnx.Rngs(0)."""
   cfg = models.get_config(CFG)
   # One level, one ResBlock per block: every block type of the U-Net at a fraction of the tracing time.
   cfg.unet.channel_mult, cfg.unet.num_res_blocks = (1,), 1
+  cls = checkpoint_io.module_class(component)
   fast = checkpoint_io._eval_shape(cfg, component)  # pylint: disable=protected-access
-  slow = checkpoint_io._eval_shape(cfg, component, fast=False)  # pylint: disable=protected-access
+  slow = nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0)))
   gf, pf, rf = nnx.split(fast, nnx.Param, ...)
   gs, ps, rs = nnx.split(slow, nnx.Param, ...)
   assert gf == gs

@@ -15,8 +15,7 @@ from gcd_jax.models import presets as models
 from gcd_jax.diffusion.conditioner import (Conditioner, append_camera, ucg_dropout, unconditional,
                                            vector_conditioning)
 from gcd_jax.diffusion.config import diffusion_config
-from gcd_jax.diffusion.denoiser import denoise, network_fn_from_unet
-from gcd_jax.models import layers
+from gcd_jax.diffusion.denoiser import denoise
 from gcd_jax.models.clip import build_clip, preprocess_frames_for_clip
 from gcd_jax.models.gcd import build_gcd_network
 from gcd_jax.models.vae import build_vae

@@ -32,6 +32,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from gcd_jax.models import layers
+
 COMPONENTS = ('network', 'vae', 'clip')
 METADATA = 'metadata.json'
 FORMAT = 'gcd-jax-model'
@@ -83,21 +85,10 @@ def abstract_module(cfg: ml_collections.ConfigDict, component: str) -> nnx.Modul
   return nnx.merge(graphdef, copy(params), copy(rest))
 
 
-def _eval_shape(cfg: ml_collections.ConfigDict, component: str, *, fast: bool = True) -> nnx.Module:
-  """nnx.eval_shape of the component's constructor.
-
-  fast: build with `rngs=None` (layers.param then uses a fixed key), ~15× faster than tracing an
-  `nnx.Rngs` (flax inspects every traced rng counter update; 20 s for the full-size U-Net). Only
-  shapes matter here, and tests/test_convert.py checks both give the same graph and parameters.
-  Falls back to `nnx.Rngs(0)` if a constructor needs real rngs.
-  """
+def _eval_shape(cfg: ml_collections.ConfigDict, component: str) -> nnx.Module:
+  """The component's constructor, abstractly (`layers.abstract_module`: rngs=None, the fast path)."""
   cls = module_class(component)
-  if fast:
-    try:
-      return nnx.eval_shape(lambda: cls(cfg, rngs=None))
-    except (TypeError, AttributeError):
-      pass
-  return nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0)))
+  return layers.abstract_module(lambda c, rngs: cls(c, rngs=rngs), cfg)
 
 
 def config_to_dict(cfg: ml_collections.ConfigDict) -> dict:

@@ -206,6 +206,7 @@ def load_diffusers_unet(folder: str, cfg: ml_collections.ConfigDict, rngs: nnx.R
   as GCD's fine-tuning does (docs/reference.md §1.2).
   """
   from gcd_jax.models.unet import VideoUNet  # pylint: disable=g-import-not-at-top
+  from gcd_jax.models import layers  # pylint: disable=g-import-not-at-top
   folder = os.fspath(folder)
   if os.path.isdir(os.path.join(folder, 'unet')):
     folder = os.path.join(folder, 'unet')
@@ -222,7 +223,7 @@ def load_diffusers_unet(folder: str, cfg: ml_collections.ConfigDict, rngs: nnx.R
       raise ValueError('init_missing_camera=True needs `rngs` to initialise aux_label_emb')
     allow_missing = AUX_KEYS
   if rngs is None:
-    module = nnx.eval_shape(lambda: VideoUNet(cfg, rngs=nnx.Rngs(0)))
+    module = layers.abstract_module(lambda c, r: VideoUNet(c, rngs=r), cfg)
   else:
     module = VideoUNet(cfg, rngs=rngs)
   hint = ''

@@ -27,9 +27,27 @@ def _data_handler():
   return checkpoint_handler()
 
 
+_ONE_REPLICA = False
+
+
+def _write_each_shard_once():
+  """Orbax's default 'replica-parallel' save splits every replicated array across its replicas, slicing
+  each one eagerly on the host before the write: for a model of many small replicated parameters (the
+  sharding rules keep arrays under `min_shard_size` whole) that took 5.5 s of each save's blocking part on
+  8 CPU devices (py-spy; 22 of a tiny run's 90 s). Each shard is written by one replica instead; same
+  files, same restore."""
+  global _ONE_REPLICA
+  if not _ONE_REPLICA:
+    import jax  # pylint: disable=g-import-not-at-top
+    ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False),
+                                            override=True)
+    _ONE_REPLICA = True
+
+
 def make_manager(directory: str, *, max_to_keep: int = 0, async_save: bool = True,
                  with_data: bool = True) -> ocp.CheckpointManager:
   """max_to_keep 0 keeps all (the reference keeps every checkpoint, §3)."""
+  _write_each_shard_once()
   directory = os.path.abspath(directory)
   items = ('state', 'data') if with_data else ('state',)
   handlers = {'state': ocp.StandardCheckpointHandler()}

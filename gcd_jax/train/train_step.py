@@ -84,7 +84,8 @@ class ParamLayout:
 
 
 def abstract_module(build: Callable, model_cfg) -> nnx.Module:
-  return nnx.eval_shape(lambda: build(model_cfg, nnx.Rngs(0)))
+  from gcd_jax.models import layers  # pylint: disable=g-import-not-at-top
+  return layers.abstract_module(build, model_cfg)
 
 
 def init_flat(build: Callable, model_cfg, layout: ParamLayout, shardings: dict, seed: int) -> dict:
