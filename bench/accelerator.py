@@ -129,13 +129,16 @@ def sample_part(cfg, mesh, t, h, w, steps, repeats) -> dict:
   compiled = jitted.lower(state, batch, keys).compile()
   compile_s = time.perf_counter() - t0
   in_sh = compiled.input_shardings[0]
-  args = (programs.materialise(state, in_sh[0], 'weights'), programs.materialise(batch, in_sh[1], 'inputs', seed=7),
+  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  args = (programs.materialise(state, in_sh[0], 'weights', fallback=rep),
+          programs.materialise(batch, in_sh[1], 'inputs', seed=7, fallback=rep),
           jax.device_put(jax.numpy.zeros(keys.shape, keys.dtype), in_sh[2]))
   first, med, times = timed(compiled, args, repeats)
   return dict(videos=1, steps=steps, compile_s=compile_s, first_call_s=first, time_s=med, times_s=times)
 
 
 def train_part(cfg, mesh, t, h, w, repeats) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
   jitted, (state, frozen, batch) = programs.train_program(cfg, mesh, 1, t, h, w)
   t0 = time.perf_counter()
   compiled = jitted.lower(state, frozen, batch).compile()
@@ -149,10 +152,11 @@ def train_part(cfg, mesh, t, h, w, repeats) -> dict:
   cfg.model.remat = saved
   weights = {k: v for k, v in state.items() if k in ('params', 'ema')}
   rest = {k: v for k, v in state.items() if k not in weights}
-  st = dict(programs.materialise(weights, {k: state_sh[k] for k in weights}, 'weights'),
-            **programs.materialise(rest, {k: state_sh[k] for k in rest}, 'zeros'))
-  fr = programs.materialise(frozen, frozen_sh, 'weights', seed=3)
-  bt = programs.materialise(batch, batch_sh, 'inputs', seed=5)
+  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  st = dict(programs.materialise(weights, {k: state_sh[k] for k in weights}, 'weights', fallback=rep),
+            **programs.materialise(rest, {k: state_sh[k] for k in rest}, 'zeros', fallback=rep))
+  fr = programs.materialise(frozen, frozen_sh, 'weights', seed=3, fallback=rep)
+  bt = programs.materialise(batch, batch_sh, 'inputs', seed=5, fallback=rep)
   holder = {'state': st}
 
   def step(fr, bt):  # the state is donated: feed each call the previous call's state
@@ -209,7 +213,7 @@ def main(argv=None) -> int:
   line = [f'SUMMARY {rec["device"]} ({cfg.model.name}, {t}×{h}×{w}, {args.dtype}):']
   if 'forward' in rec:
     f = rec['forward']
-    line.append(f'U-Net forward {f["time_s"] * 1e3:.1f} ms, {f["tflops_per_s"]:.1f} TFLOP/s, MFU {pct(f["mfu"])};')
+    line.append(f'U-Net forward {f["time_s"] * 1e3:.1f} ms, {f["tflops_per_s"]:.3g} TFLOP/s, MFU {pct(f["mfu"])};')
   if 'sample' in rec:
     line.append(f'sampling ({args.steps} steps, CFG, decode) {rec["sample"]["time_s"]:.2f} s, MFU {pct(rec["sample"]["mfu"])};')
   if 'train' in rec:

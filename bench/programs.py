@@ -76,28 +76,28 @@ def sample_program(cfg, mesh, videos: int, t: int, h: int, w: int, steps: int):
   return jitted, (state, batch, keys)
 
 
-def materialise(abstract, shardings, mode: str, seed: int = 0):
-  """Random arrays for abstract arguments, made on their devices (the values only need realistic ranges).
+def materialise(abstract, shardings, mode: str, seed: int = 0, fallback=None):
+  """Random arrays for abstract arguments, drawn on the host (numpy: no RNG program to compile, which on
+  XLA:CPU takes minutes for hundreds of leaves) and placed shard by shard on their devices. The values only
+  need realistic ranges.
 
   mode 'weights': matrices and conv kernels N(0, 1/fan_in), 1-D norm scales 1, other 1-D (biases) 0;
-  'inputs': floats N(0, 0.5²), integers 0; 'zeros': zeros (optimiser moments, step, RNG)."""
+  'inputs': floats N(0, 0.5²), integers 0; 'zeros': zeros (optimiser moments, step, RNG). fallback: the
+  sharding of leaves whose sharding is None (a compiled program reports None for unused inputs)."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
   sh_leaves = treedef.flatten_up_to(shardings)
+  rng = np.random.default_rng(seed)
   out = []
-  for i, ((path, a), s) in enumerate(zip(leaves, sh_leaves)):
-    key = jax.random.key(seed + i)
-    floating = jnp.issubdtype(a.dtype, jnp.floating)
-    if mode == 'zeros' or not floating:
-      fill = lambda a=a: jnp.zeros(a.shape, a.dtype)
+  for (path, a), sharding in zip(leaves, sh_leaves):
+    shape, dtype = tuple(a.shape), np.dtype(a.dtype)
+    if mode == 'zeros' or not np.issubdtype(dtype, np.floating) and dtype.kind != 'V':
+      host = np.zeros(shape, dtype)
     elif mode == 'inputs':
-      fill = lambda a=a, key=key: (0.5 * jax.random.normal(key, a.shape)).astype(a.dtype)
-    elif len(a.shape) >= 2:
-      fan_in = int(np.prod(a.shape[:-1]))
-      fill = lambda a=a, key=key, f=fan_in: (jax.random.normal(key, a.shape) / np.sqrt(f)).astype(a.dtype)
+      host = (0.5 * rng.standard_normal(shape, np.float32)).astype(dtype)
+    elif len(shape) >= 2:
+      host = (rng.standard_normal(shape, np.float32) / np.sqrt(int(np.prod(shape[:-1])))).astype(dtype)
     else:
-      one = 'scale' in jax.tree_util.keystr(path)
-      fill = lambda a=a, one=one: (jnp.ones if one else jnp.zeros)(a.shape, a.dtype)
-    out.append(jax.jit(fill, out_shardings=s)())
+      host = (np.ones if 'scale' in jax.tree_util.keystr(path) else np.zeros)(shape, dtype)
+    out.append(jax.make_array_from_callback(shape, sharding or fallback, lambda idx, host=host: host[idx]))
   return jax.tree_util.tree_unflatten(treedef, out)
