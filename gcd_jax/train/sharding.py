@@ -71,8 +71,8 @@ def _hybrid_mesh(shape, axes, devices, dcn) -> Mesh:
   slices = math.prod(dcn)
   found = len({getattr(d, 'slice_index', 0) for d in devices})
   if found != slices:
-    raise ValueError(f'mesh dcn_shape {tuple(dcn)} needs {slices} slices; the devices come from {found} '
-                     '(slice_index): set --config.mesh.dcn_shape to the job\'s slice count, e.g. "(2,1,1)"')
+    raise ValueError(f'mesh dcn_shape {tuple(dcn)} needs {slices} slices, but the devices come from {found} '
+                     f'(their slice_index); set --config.mesh.dcn_shape="({found},1,1)" to match this job')
   per_slice = len(devices) // slices
   ici = [int(s) for s in shape]
   if -1 in ici:

@@ -276,9 +276,12 @@ def train(config, workdir: str, *, log=None) -> dict:
   log = log or (lambda *a: print(*a, flush=True))  # flushed: logs are often redirected to files
   # Everything that can be wrong with the request is checked before the first file is written.
   check_config(config)
-  mesh = sh.make_mesh(config.mesh.shape, config.mesh.axes, dcn_shape=config.mesh.get('dcn_shape'))
+  from gcd_jax.config_flags import ConfigError  # pylint: disable=g-import-not-at-top
+  try:
+    mesh = sh.make_mesh(config.mesh.shape, config.mesh.axes, dcn_shape=config.mesh.get('dcn_shape'))
+  except ValueError as e:  # a mesh that does not fit the devices: the request is wrong, not the program
+    raise ConfigError(str(e)) from None
   if config.batch_size % sh.batch_divisor(mesh):
-    from gcd_jax.config_flags import ConfigError  # pylint: disable=g-import-not-at-top
     d = sh.batch_divisor(mesh)
     raise ConfigError(f'config.batch_size={config.batch_size} must be a multiple of {d}, the data-parallel size '
                      f'of the mesh {dict(mesh.shape)} over {jax.device_count()} devices; use e.g. '
