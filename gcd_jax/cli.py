@@ -27,6 +27,7 @@ SUBCOMMANDS = {
     'demo': 'The one-command demo: the packaged demo model on held-out procedural scenes, with baselines.',
     'evaluate': 'Batch sampling evaluation with PSNR/SSIM/LPIPS/mIoU over a test split.',
     'sample': 'Generate a new camera view of your own video, image folder or image.',
+    'app': 'The interactive page (Gradio): pick a video, move the camera, see the generated view.',
 }
 # Commands whose arguments may include `--config.FIELD=VALUE` overrides of their --config file.
 CONFIG_COMMANDS = ('train', 'evaluate', 'sample', 'demo')
