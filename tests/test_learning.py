@@ -16,8 +16,9 @@ What a failure would point at (each of these was checked by breaking it on purpo
   ÷ at decode), in the Euler step or the guider's x̂₀ mix, a frame-ordering error between the B·T rows of
   the conditioning, the noise and the decode, or a decode that does not invert the encode;
 * camera following (each delta's video is closer to its own target than to the others'): the camera
-  conditioning not reaching the U-Net (embedding, aux_label_emb, per-frame rows), or the wrong relative
-  angles fed at sampling.
+  conditioning not reaching the U-Net (embedding, aux_label_emb, per-frame rows), the wrong relative
+  angles fed at sampling, or the sign of Δazimuth lost anywhere (the two moves differ ONLY in that sign:
+  an embedding of cos terms alone, an |Δ|, a mirrored render would all make them indistinguishable).
 The two trainings share one compiled train step (same shapes) and one compiled sampler.
 """
 
@@ -34,7 +35,7 @@ NUM_FRAMES = 3
 BATCH = 2          # videos per step: the overfit run repeats its one clip, the camera run has one per delta
 STEPS = {'overfit': 150, 'camera': 200}
 LR = 2e-3
-DELTAS = ((60.0, 0.0, 0.0), (-60.0, 20.0, 0.0))  # (Δaz°, Δel°, Δr m), direct trajectories
+DELTAS = ((60.0, 0.0, 0.0), (-60.0, 0.0, 0.0))  # (Δaz°, Δel°, Δr m), direct: only the sign of Δaz differs
 
 
 def _psnr(a, b) -> float:
