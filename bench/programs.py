@@ -18,13 +18,9 @@ import numpy as np
 def train_program(cfg, mesh, batch_per_device: int, t: int, h: int, w: int):
   import jax  # pylint: disable=g-import-not-at-top
   from gcd_jax.train import train_step as ts  # pylint: disable=g-import-not-at-top
-  from gcd_jax.train.trainer import build_layouts  # pylint: disable=g-import-not-at-top
-  _, layouts = build_layouts(cfg)
-  net_layout = layouts['network']
-  frozen_layouts = {k: v for k, v in layouts.items() if k != 'network'}
-  tx, schedule = ts.make_optimizer(cfg.optim)
-  abstract_state, state_specs = ts.state_specs(cfg, net_layout, tx, mesh)
-  frozen_specs = ts.frozen_specs(cfg, frozen_layouts, mesh)
+  from gcd_jax.train.trainer import train_setup  # pylint: disable=g-import-not-at-top
+  (_, _, net_layout, frozen_layouts, tx, schedule, abstract_state, state_specs,
+   frozen_specs) = train_setup(cfg, mesh)
   frozen_abstract = {k: l.abstract_flat() for k, l in frozen_layouts.items()}
   b = batch_per_device * mesh.size
   f32, i32, sds = np.float32, np.int32, jax.ShapeDtypeStruct

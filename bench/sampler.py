@@ -44,28 +44,9 @@ from gcd_jax.diffusion.discretization import edm_discretization, guidance_scales
 from gcd_jax.diffusion.sampler import sample_latents
 from gcd_jax.models import layers
 from gcd_jax.models.unet import build_unet
+from tests.fixtures_diffusion import random_tiny
 
 PRESETS = {'small': (1, 14, 32, 48), 'tiny': (1, 14, 8, 8)}  # B, T, h, w (latents)
-
-
-def randomise(module: nnx.Module, seed: int) -> nnx.Module:
-  """Every parameter random (zero-init convs too): kernels N(0, 1/fan_in), scales 1 + N(0, 0.2²), rest
-  N(0, 0.2²), mix factors N(0, 1)."""
-  rng = np.random.default_rng(seed)
-  for path, var in dict(nnx.to_flat_state(nnx.state(module, nnx.Param))).items():
-    v = var.get_value()
-    r = rng.standard_normal(v.shape).astype(np.float32)
-    name = str(path[-1])
-    if name == 'kernel':
-      new = r / np.sqrt(max(1, int(np.prod(v.shape[:-1]))))
-    elif name == 'scale':
-      new = 1.0 + 0.2 * r
-    elif 'mix_factor' in '/'.join(map(str, path)):
-      new = r
-    else:
-      new = 0.2 * r
-    var.set_value(jnp.asarray(new))
-  return module
 
 
 def torch_sample(tm, x0, concat, ehs, ids, sigmas, scales, b, t):
@@ -105,7 +86,7 @@ def main(argv=None) -> int:
   dcfg = diffusion_config()
   dcfg.sampler.num_steps = args.steps
 
-  unet = randomise(nnx.eval_shape(lambda: build_unet(cfg, nnx.Rngs(0))), 0)
+  unet = random_tiny(build_unet, cfg, 0)  # every parameter random (zero-init convs too)
   from diffusers import UNetSpatioTemporalConditionModel  # pylint: disable=g-import-not-at-top
   tm = UNetSpatioTemporalConditionModel(**diffusers_unet_config(cfg)).eval()
   missing, unexpected = tm.load_state_dict({k: torch.from_numpy(np.array(v, copy=True))

@@ -58,6 +58,34 @@ def enable_compilation_cache() -> str:
   return os.environ['JAX_COMPILATION_CACHE_DIR']
 
 
+def deliver_ctrl_c_outside_finalizers() -> None:
+  """Ctrl-C as KeyboardInterrupt, but never inside a garbage-collection callback or a finaliser: Python
+  reports an exception raised there as 'Exception ignored in …' and carries on, so a Ctrl-C that lands in,
+  e.g., JAX's `_xla_gc_callback` was lost and the command ran to the end (exit 0, output written). There the
+  handler re-sends the signal a moment later instead, when the main thread is back in ordinary code."""
+  import gc  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+
+  def in_finalizer(frame) -> bool:
+    callbacks = {getattr(cb, '__code__', None) for cb in gc.callbacks}
+    while frame is not None:
+      if frame.f_code in callbacks or frame.f_code.co_name == '__del__':
+        return True
+      frame = frame.f_back
+    return False
+
+  def handler(signum, frame):
+    if in_finalizer(frame):
+      threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+      return
+    raise KeyboardInterrupt
+
+  main = threading.current_thread() is threading.main_thread()
+  if main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, handler)
+
+
 def quiet_library_noise() -> None:
   """What users should not see. JAX registers an os.fork() warning; the only forks here are
   subprocess's fork+exec of ffmpeg (imageio-ffmpeg sets a preexec_fn so Ctrl-C does not kill it mid-write),
@@ -145,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   debug = '--debug' in argv or os.environ.get('GCD_JAX_DEBUG', '') not in ('', '0')
   quiet_library_noise()
+  deliver_ctrl_c_outside_finalizers()
   name = argv[0] if argv else ''
   prog = f'gcd-jax {name}' if name in SUBCOMMANDS else 'gcd-jax'
   try:

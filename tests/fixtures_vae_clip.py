@@ -5,25 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from tests.fixtures_unet import randomise_
+
 
 def randomise_all_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-  """Randomises EVERY parameter, zero-initialised ones and mix factors included.
-
-  Weights ~ N(0, 1/fan_in) keep activations O(1); 1-D `*.weight` (norm scales) 1 + N(0, 0.2²); other
-  1-D tensors (biases, CLIP class embedding) N(0, 0.2²); mix factors N(0, 1) so α = sigmoid(mix) differs
-  per block and is far from the 0.5 of the init.
-  """
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, p in module.named_parameters():
-      r = torch.randn(p.shape, generator=g)
-      if name.endswith('mix_factor'):
-        p.copy_(r)
-      elif p.ndim == 1:
-        p.copy_((1.0 if name.endswith('weight') else 0.0) + 0.2 * r)
-      else:
-        p.copy_(r / np.sqrt(p[0].numel()))
-  return module.eval()
+  """Every parameter random, as `fixtures_unet.randomise_` (1-D `*.weight` norm scales 1 + N(0, 0.2²), other
+  1-D tensors such as biases and CLIP's class embedding N(0, 0.2²)), in eval mode."""
+  return randomise_(module, seed).eval()
 
 
 def state_numpy(module: torch.nn.Module) -> dict[str, np.ndarray]:

@@ -17,6 +17,7 @@ from flax import nnx
 from gcd_jax.models import presets as models
 from gcd_jax.convert.diffusers import diffusers_unet_config
 from gcd_jax.convert.torch_layout import leaf_specs, load_torch_state
+from gcd_jax.models import layers
 from gcd_jax.models.layers import timestep_embedding
 from gcd_jax.models.unet import VideoUNet
 from tests.fixtures_unet import diffusers_unet, numpy_state, randomise_
@@ -26,9 +27,13 @@ TOL = 1e-4
 
 
 def _load(cfg, tensors) -> VideoUNet:
-  module = nnx.eval_shape(lambda: VideoUNet(cfg, rngs=nnx.Rngs(0)))
+  module = layers.abstract_module(_build_unet, cfg)
   load_torch_state(module, tensors)
   return module
+
+
+def _build_unet(cfg, rngs):
+  return VideoUNet(cfg, rngs=rngs)
 
 
 @nnx.jit(static_argnames=('num_frames',))
@@ -182,7 +187,7 @@ def _inputs(cfg, seed=0):
 
 def test_bfloat16_close_to_float32(ref):
   cfg = models.get_config('tiny,eps=diffusers,dtype=bfloat16')
-  m16 = nnx.eval_shape(lambda: VideoUNet(cfg, rngs=nnx.Rngs(0)))
+  m16 = layers.abstract_module(_build_unet, cfg)
   nnx.update(m16, nnx.state(ref['flax_gcd'], nnx.Param))
   args = _inputs(cfg)
   out32 = _forward(ref['flax_gcd'], *args, num_frames=T)
@@ -194,21 +199,27 @@ def test_bfloat16_close_to_float32(ref):
   assert err < 0.1
 
 
+@nnx.jit
+def _loss_and_grad(module, *a):
+  def loss(m):
+    return jnp.mean(jnp.square(m(*a[:4], num_frames=T, image_only_indicator=a[4])))
+  return nnx.value_and_grad(loss)(module)
+
+
+@pytest.fixture(scope='module')
+def no_remat_grads(ref):
+  """Loss and gradients of the reference (no remat) U-Net: compiled once for both remat policies."""
+  return _loss_and_grad(ref['flax_gcd'], *_inputs(models.get_config('tiny,eps=diffusers'), seed=1))
+
+
 @pytest.mark.parametrize('remat', ['full', 'dots'])
-def test_remat_same_output_and_gradients(ref, remat):
+def test_remat_same_output_and_gradients(ref, no_remat_grads, remat):
   cfg = models.get_config(f'tiny,eps=diffusers,remat={remat}')
-  mr = nnx.eval_shape(lambda: VideoUNet(cfg, rngs=nnx.Rngs(0)))
+  mr = layers.abstract_module(_build_unet, cfg)
   nnx.update(mr, nnx.state(ref['flax_gcd'], nnx.Param))
   args = _inputs(cfg, seed=1)
-
-  @nnx.jit
-  def loss_and_grad(module, *a):
-    def loss(m):
-      return jnp.mean(jnp.square(m(*a[:4], num_frames=T, image_only_indicator=a[4])))
-    return nnx.value_and_grad(loss)(module)
-
-  l0, g0 = loss_and_grad(ref['flax_gcd'], *args)
-  l1, g1 = loss_and_grad(mr, *args)
+  l0, g0 = no_remat_grads
+  l1, g1 = _loss_and_grad(mr, *args)
   assert abs(float(l0) - float(l1)) <= 1e-6 * abs(float(l0))
   gmax = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)))
   scale = max(float(jnp.abs(a).max()) for a in jax.tree.leaves(g0))
@@ -232,9 +243,9 @@ def test_full_size_param_counts_and_names_match_diffusers():
   from diffusers import UNetSpatioTemporalConditionModel  # pylint: disable=g-import-not-at-top
   from gcd_jax.models.gcd import GCDNetwork  # pylint: disable=g-import-not-at-top
   svd = models.get_config('svd')
-  unet = nnx.eval_shape(lambda: VideoUNet(svd, rngs=nnx.Rngs(0)))
+  unet = layers.abstract_module(_build_unet, svd)  # shapes only, no RNG tracing
   assert _count(unet) == SVD_UNET_PARAMS
-  net = nnx.eval_shape(lambda: GCDNetwork(models.get_config('gcd'), rngs=nnx.Rngs(0)))
+  net = layers.abstract_module(lambda c, rngs: GCDNetwork(c, rngs=rngs), models.get_config('gcd'))
   assert _count(net.unet) == SVD_UNET_PARAMS + AUX_PARAMS
   assert _count(net.camera_embedder) == SPHERICAL_PARAMS
   assert _count(net) == SVD_UNET_PARAMS + AUX_PARAMS + SPHERICAL_PARAMS

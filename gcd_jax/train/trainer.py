@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +41,28 @@ def build_layouts(config):
   wanted = ('network', 'vae', 'clip') if config.features == 'in_step' else ('network',)
   layouts = {k: ts.ParamLayout.of(ts.abstract_module(builders[k], config.model)) for k in wanted}
   return builders, layouts
+
+
+class TrainSetup(NamedTuple):
+  """What the train step is built from (the trainer and bench/programs.py build it the same way)."""
+  builders: dict            # component → constructor
+  layouts: dict             # component → ParamLayout ('network', plus 'vae' / 'clip' for in-step features)
+  net_layout: object
+  frozen_layouts: dict      # the frozen components' layouts
+  tx: object                # optax optimiser
+  schedule: object          # learning-rate schedule
+  abstract_state: dict      # ShapeDtypeStructs of the train state
+  state_specs: dict         # PartitionSpecs of the train state
+  frozen_specs: dict        # PartitionSpecs of the frozen weights
+
+
+def train_setup(config, mesh) -> TrainSetup:
+  builders, layouts = build_layouts(config)
+  frozen_layouts = {k: v for k, v in layouts.items() if k != 'network'}
+  tx, schedule = ts.make_optimizer(config.optim)
+  abstract_state, state_specs = ts.state_specs(config, layouts['network'], tx, mesh)
+  return TrainSetup(builders, layouts, layouts['network'], frozen_layouts, tx, schedule, abstract_state,
+                    state_specs, ts.frozen_specs(config, frozen_layouts, mesh))
 
 
 def initial_weights(config, builders, layouts, frozen_specs, net_specs, mesh, sources: dict, log=print):
@@ -300,15 +323,9 @@ def train(config, workdir: str, *, log=None) -> dict:
   # --------------------------------------------------------------------------------------------- input
   data_iter = input_lib.make_train_iterator(config)
 
-  # ------------------------------------------------------------------------------- model + optimizer
-  builders, layouts = build_layouts(config)
-  net_layout = layouts['network']
-  frozen_layouts = {k: v for k, v in layouts.items() if k != 'network'}
-  tx, schedule = ts.make_optimizer(config.optim)
-
-  # ------------------------------------------------------------------------------------------ sharding
-  abstract_state, state_spec_tree = ts.state_specs(config, net_layout, tx, mesh)
-  frozen_spec_tree = ts.frozen_specs(config, frozen_layouts, mesh)
+  # ------------------------------------------------------------------- model, optimizer and shardings
+  (builders, layouts, net_layout, frozen_layouts, tx, schedule, abstract_state, state_spec_tree,
+   frozen_spec_tree) = train_setup(config, mesh)
 
   # ---------------------------------------------------------------------------- initialise or resume
   manager = ckpt_lib.make_manager(os.path.join(workdir, 'checkpoints'), max_to_keep=config.checkpoint.max_to_keep,
