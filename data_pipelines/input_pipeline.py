@@ -40,7 +40,6 @@ With Orbax (one JSON per process, written by grain.checkpoint.CheckpointHandler)
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import functools
 import os
@@ -362,28 +361,13 @@ def check_output_modality(cfg, source) -> np.ndarray | None:
   return source.semantic_palette
 
 
-_MALLOC_TUNED = False
-
-
 def keep_freed_memory():
-  """Let glibc malloc keep freed large blocks for reuse instead of unmapping them (once per process).
-
-  An example allocates ~0.3–0.5 GB of clip arrays (decoded records, stacked clips, point buffers). With
-  glibc's defaults each one is a fresh mmap whose first touch page-faults: ~70 k faults, 0.3–0.5 s of
-  kernel time per Kubric-size example on the benchmark VM (a third of its CPU cost). With the mmap
-  threshold raised the blocks come from the heap and are reused: no faults after the first examples; the
-  process keeps its peak heap (~1 GB with one pipeline thread). No-op without glibc."""
-  global _MALLOC_TUNED
-  if _MALLOC_TUNED:
-    return
-  _MALLOC_TUNED = True
-  try:
-    libc = ctypes.CDLL('libc.so.6')
-  except OSError:
-    return
-  m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-  libc.mallopt(m_mmap_threshold, 1 << 30)
-  libc.mallopt(m_trim_threshold, 1 << 30)
+  """glibc malloc keeps freed clip buffers for reuse (gcd_jax/hostmem.py), in every process that renders
+  examples, Grain workers included, also on accelerator hosts. An example allocates ~0.3–0.5 GB of clip arrays;
+  with glibc's defaults each is a fresh mmap whose first touch page-faults (~70 k faults, 0.3–0.5 s of kernel
+  time per Kubric-size example on the benchmark VM)."""
+  from gcd_jax import hostmem  # pylint: disable=g-import-not-at-top
+  hostmem.keep_freed_memory(force=True)
 
 
 @functools.lru_cache(maxsize=8)

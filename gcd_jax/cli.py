@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
       parser.parse_args(argv)  # --help / --version exit here; anything else is a usage error
       raise UsageError(f'unknown command {name!r}; choose one of {", ".join(SUBCOMMANDS)}')
     enable_compilation_cache()
+    from gcd_jax import hostmem  # pylint: disable=g-import-not-at-top
+    hostmem.keep_freed_memory()  # before JAX starts its threads (docs/performance.md)
     module = importlib.import_module(f'gcd_jax.commands.{name}')
     rest = [a for a in argv[1:] if a != '--debug']  # accepted anywhere, also after a sub-action
     overrides = []
