@@ -7,8 +7,8 @@ thresholds above any block size make the blocks come from the main heap and be r
 2-core VM (docs/performance.md): the small-preset 25-step sampler 70.9 s → 42.4 s, PyTorch's eager loop
 33.4 s → 24.6 s under the same setting. The price is that a process keeps its peak heap until it exits.
 
-Applied at the start of every `gcd-jax` command and of the test processes, before JAX creates its threads
-(arenas made earlier keep their settings). `GCD_JAX_MALLOC=default` keeps glibc's behaviour; by default the
+Applied at the start of every `gcd-jax` command, before JAX creates its threads (arenas made earlier keep
+their settings). Not in the pytest workers (tests/conftest.py says why). `GCD_JAX_MALLOC=default` keeps glibc's behaviour; by default the
 setting is skipped on hosts with an accelerator (/dev/nvidia*, /dev/accel*), where the programs do not run on
 this allocator and one arena could serialise the data pipeline's threads. No-op without glibc.
 """
