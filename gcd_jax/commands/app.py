@@ -51,8 +51,10 @@ def run(args: argparse.Namespace) -> int:
   from gcd_jax.cli import UsageError  # pylint: disable=g-import-not-at-top
   if not 0 <= args.port <= 65535:
     raise UsageError(f'--port {args.port}: choose 1-65535, or 0 for any free port')
-  if args.max_upload_mb <= 0 or args.max_samples < 1:
-    raise UsageError('--max-upload-mb must be > 0 and --max-samples ≥ 1')
+  if args.max_upload_mb <= 0:
+    raise UsageError(f'--max-upload-mb {args.max_upload_mb:g}: must be > 0 (megabytes per upload)')
+  if args.max_samples < 1:
+    raise UsageError(f'--max-samples {args.max_samples}: must be ≥ 1 (samples per request)')
   try:
     import gradio  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
