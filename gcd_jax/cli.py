@@ -58,14 +58,26 @@ def enable_compilation_cache() -> str:
   return os.environ['JAX_COMPILATION_CACHE_DIR']
 
 
+_INTERRUPT_PENDING = []  # the time of a Ctrl-C raised as KeyboardInterrupt that main() has not yet reached
+
+
 def deliver_ctrl_c_outside_finalizers() -> None:
-  """Ctrl-C as KeyboardInterrupt, but never inside a garbage-collection callback or a finaliser: Python
-  reports an exception raised there as 'Exception ignored in …' and carries on, so a Ctrl-C that lands in,
-  e.g., JAX's `_xla_gc_callback` was lost and the command ran to the end (exit 0, output written). There the
-  handler re-sends the signal a moment later instead, when the main thread is back in ordinary code."""
+  """Ctrl-C as KeyboardInterrupt, delivered even where Python or a library would drop it.
+
+  * Never inside a garbage-collection callback or a finaliser: Python reports an exception raised there as
+    'Exception ignored in …' and carries on, so a Ctrl-C that lands in, e.g., JAX's `_xla_gc_callback` was
+    lost and the command ran to the end (exit 0, output written). There the handler re-sends the signal a
+    moment later instead, when the main thread is back in ordinary code.
+  * A KeyboardInterrupt raised inside a Python callback that C++ code calls can be caught and dropped there
+    without a trace (seen once in the suite: `sample` ran to the end after Ctrl-C, exit 0, empty stderr). So
+    the handler also arms a watchdog: if main() has not reached its KeyboardInterrupt branch 3 s later, the
+    signal is sent again. Clean-up in `finally` blocks on the way up (removing a staging folder) takes
+    milliseconds; the trainer installs its own SIGINT handler (finish the step, save, exit 130).
+  """
   import gc  # pylint: disable=g-import-not-at-top
   import signal  # pylint: disable=g-import-not-at-top
   import threading  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
 
   def in_finalizer(frame) -> bool:
     callbacks = {getattr(cb, '__code__', None) for cb in gc.callbacks}
@@ -75,10 +87,19 @@ def deliver_ctrl_c_outside_finalizers() -> None:
       frame = frame.f_back
     return False
 
+  def resend_if_dropped(raised_at: float, signum: int) -> None:
+    if _INTERRUPT_PENDING and _INTERRUPT_PENDING[-1] == raised_at:
+      os.kill(os.getpid(), signum)
+
   def handler(signum, frame):
     if in_finalizer(frame):
       threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
       return
+    raised_at = time.monotonic()
+    _INTERRUPT_PENDING.append(raised_at)
+    watchdog = threading.Timer(3.0, resend_if_dropped, (raised_at, signum))
+    watchdog.daemon = True
+    watchdog.start()
     raise KeyboardInterrupt
 
   main = threading.current_thread() is threading.main_thread()
@@ -200,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
   except SystemExit as e:  # --help, --version
     return int(e.code or 0) if isinstance(e.code, int) or e.code is None else 2
   except KeyboardInterrupt:
+    _INTERRUPT_PENDING.clear()  # reached: the watchdog of deliver_ctrl_c_outside_finalizers stands down
     print(f'{prog}: interrupted', file=sys.stderr, flush=True)
     _hard_exit(130)
   except BaseException as e:  # pylint: disable=broad-except

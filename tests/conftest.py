@@ -20,3 +20,15 @@ if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', '
 from absl import flags  # pylint: disable=g-import-not-at-top
 
 flags.FLAGS.mark_as_parsed()  # Grain worker processes read absl flags.
+
+# The modules that take longest (minutes: they train, compile several programs or start subprocesses), longest
+# first. `--dist loadscope` hands modules to the two xdist workers in collection order; with these first, the
+# many short modules fill in behind them instead of one worker idling while the other runs a 5-minute module
+# at the end (longest-processing-time-first scheduling). Measured durations: docs/performance.md, "Test suite".
+SLOWEST_FIRST = ('test_learning', 'test_train_resume', 'test_train_step', 'test_workdir', 'test_unet', 'test_app',
+                 'test_readme', 'test_evaluate', 'test_cli', 'test_diffusion_sampler_tiny')
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.module.__name__.rpartition('.')[2], len(rank)))

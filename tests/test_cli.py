@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -213,6 +214,20 @@ def test_version(capsys):
   assert capsys.readouterr().out.startswith('gcd-jax ')
 
 
+@pytest.fixture
+def children_get_ctrl_c():
+  """A pytest started in the background by a non-interactive shell (`pytest … &`) ignores SIGINT, and ignored
+  signals stay ignored across exec: the commands these tests start would then never see Ctrl-C (and rightly:
+  `gcd-jax` keeps a SIG_IGN it inherits, as `nohup` users expect). Handled here, children start with SIGINT
+  at its default."""
+  previous = signal.getsignal(signal.SIGINT)
+  if previous == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+  yield
+  signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures('children_get_ctrl_c')
 def test_sigint_during_sample_exits_130_and_writes_nothing(tmp_path, clip):
   """Ctrl-C while the sampler compiles or runs: exit 130, one line, no output folder, no crash (it used to
   end in a segmentation fault)."""
@@ -234,6 +249,36 @@ def test_sigint_during_sample_exits_130_and_writes_nothing(tmp_path, clip):
   assert proc.returncode == 130, err
   assert [l for l in err.splitlines() if l.strip()] == ['gcd-jax sample: interrupted'], err
   assert os.listdir(tmp_path) == [], os.listdir(tmp_path)
+
+
+@pytest.mark.usefixtures('children_get_ctrl_c')
+def test_a_dropped_ctrl_c_is_sent_again(tmp_path):
+  """A KeyboardInterrupt that something catches and drops (as a C++ → Python callback boundary can) is
+  followed, 3 s later, by the signal again, so Ctrl-C still ends the command."""
+  script = tmp_path / 'dropper.py'
+  script.write_text(textwrap.dedent('''
+      import sys, time
+      from gcd_jax import cli
+      cli.deliver_ctrl_c_outside_finalizers()
+      try:
+        try:
+          print('ready', flush=True)
+          time.sleep(60)
+        except KeyboardInterrupt:
+          print('dropped', flush=True)  # swallowed, as a library might
+        time.sleep(60)
+        sys.exit(0)
+      except KeyboardInterrupt:
+        sys.exit(130)
+      '''))
+  proc = subprocess.Popen([sys.executable, str(script)], env=subprocess_env(1, ''), stdout=subprocess.PIPE,
+                          text=True)
+  assert proc.stdout.readline().strip() == 'ready'
+  start = time.time()
+  proc.send_signal(signal.SIGINT)
+  out, _ = proc.communicate(timeout=60)
+  assert proc.returncode == 130 and out.strip() == 'dropped', (proc.returncode, out)
+  assert 2.5 < time.time() - start < 30
 
 
 def test_library_noise_is_hidden(tmp_path, clip):

@@ -28,7 +28,7 @@ OVERRIDES = ['--config.optim.ema_decay=0.9', '--config.checkpoint.every_steps=1'
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp('run'))
-  env = subprocess_env(1, str(tmp_path_factory.mktemp('xla_cache')))
+  env = subprocess_env(1, str(tmp_path_factory.mktemp('xla_cache')), quick_compile=True)
   r = subprocess.run(train_cmd(wd, CONFIG, OVERRIDES), env=env, capture_output=True, text=True, timeout=900)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
   return dict(workdir=wd, env=env)
