@@ -4,6 +4,8 @@ r"""`demo`: the demo model, trained from scratch on this project's procedural sc
   gcd-jax train --config configs/demo.py --workdir W1 --config.data.data_dir=D                 # stage 1
   gcd-jax train --config configs/demo.py:stage=2 --workdir W2 --config.data.data_dir=D \
       --config.init_checkpoint=W1                                                              # stage 2
+  gcd-jax train --config configs/demo.py:stage=3 --workdir W3 --config.data.data_dir=D \
+      --config.init_checkpoint=W2                                                              # stage 3
 
 The committed demo checkpoint (gcd_jax/assets/demo_model, used by `gcd-jax demo` and by
 `GCDPipeline.from_pretrained('demo')`) is W2's raw weights at its last step; docs/demo_model.md has the wall
@@ -25,7 +27,8 @@ Choices (docs/demo_model.md says why for each):
   weights (stage 1's EMA still held 37% of the random init at step 1000; stage 2's decay does its job);
 * sampler: the reference's (25 Euler steps, σ 700 → 0.002, guidance 1.0 → 1.5 over frames).
 
-Arguments: stage=1|2 (default 1), steps=N (default 1000 for stage 1, 850 for stage 2), batch=B (default 8).
+Arguments: stage=1|2|3 (default 1), steps=N (default 1000 for stage 1, 850 for stage 2, 1600 for stage 3),
+batch=B (default 8).
 """
 
 from __future__ import annotations
@@ -40,13 +43,14 @@ from gcd_jax.models import presets as models
 from gcd_jax.train.vae_fit import vae_fit_config
 
 
-STAGE_STEPS = {'1': 1000, '2': 850}
+STAGE_STEPS = {'1': 1000, '2': 850, '3': 1600}
 
 
 def get_config(arg: str | None = None):
   a = preset_args(arg, stage='1', steps=0, batch=8)
-  if a.stage not in ('1', '2'):
-    raise ValueError(f'configs/demo.py: stage=1 (from scratch) or stage=2 (from the stage-1 model), got {a.stage!r}')
+  if a.stage not in STAGE_STEPS:
+    raise ValueError('configs/demo.py: stage=1 (from scratch), stage=2 (from the stage-1 model) or stage=3 (from '
+                     f'the stage-2 model), got {a.stage!r}')
   c = base_config()
   c.name = 'demo'
   c.seed = 0
@@ -81,10 +85,13 @@ def get_config(arg: str | None = None):
   c.optim.warmup_steps = 200
   c.optim.grad_clip_norm = 1.0
   c.optim.ema_decay = 0.999  # kept for longer runs; too slow for 1000 steps (the packaged model is raw)
-  if a.stage == '2':
-    # Continues the stage-1 model (--config.init_checkpoint=its folder: network, VAE and CLIP) with a fresh
-    # optimiser: short warm-up, then a cosine decay of the learning rate to 0 over the run.
+  if a.stage in ('2', '3'):
+    # Continues the previous stage's model (--config.init_checkpoint=its folder: network, VAE and CLIP) with a
+    # fresh optimiser: short warm-up, then a cosine decay of the learning rate to 0 over the run (a warm
+    # restart). Stage 3 restarts lower, at 4e-4, and runs longer.
     c.optim.warmup_steps = 50
+    if a.stage == '3':
+      c.optim.lr = 4e-4
     c.optim.decay_steps = c.total_steps - c.optim.warmup_steps
     c.optim.final_lr_fraction = 0.0
   c.checkpoint.every_steps = 250
