@@ -1,4 +1,4 @@
-r"""`demo`: the demo model, trained from scratch on this project's procedural scenes in two stages.
+r"""`demo`: the demo model, trained from scratch on this project's procedural scenes in three stages.
 
   gcd-jax data build procedural_4d --config demo --data-dir D        # 300 scenes at 64×96 (6-16 min, 2 cores)
   gcd-jax train --config configs/demo.py --workdir W1 --config.data.data_dir=D                 # stage 1
@@ -8,11 +8,11 @@ r"""`demo`: the demo model, trained from scratch on this project's procedural sc
       --config.init_checkpoint=W2                                                              # stage 3
 
 The committed demo checkpoint (gcd_jax/assets/demo_model, used by `gcd-jax demo` and by
-`GCDPipeline.from_pretrained('demo')`) is W2's raw weights at its last step; docs/demo_model.md has the wall
+`GCDPipeline.from_pretrained('demo')`) is W3's raw weights at its last step; docs/demo_model.md has the wall
 times, loss curves and evaluation. Stage 1 first fits the VAE (config.vae_fit, gcd_jax/train/vae_fit.py: there
 is no pretrained SVD VAE to start from here), writes it to W1/frozen, then trains the camera-conditioned U-Net
 with it frozen. Stage 2 continues the stage-1 network (VAE and CLIP frozen, taken from W1) with a fresh Adam and
-a learning rate decayed to 0.
+a learning rate decayed to 0; stage 3 does the same from the stage-2 network, longer.
 
 Choices (docs/demo_model.md says why for each):
 * model `demo` (gcd_jax/models/presets.py): 3-level U-Net (32/64/64 channels, 4.8 M parameters), attention at
@@ -22,9 +22,10 @@ Choices (docs/demo_model.md says why for each):
 * objective: the reference's (EDM v-prediction, harmonised σ, CFG dropout 0.1), except: ln σ ~ N(0.0, 1.6²)
   (the reference's p_mean=1.0 is for SVD's 72×128 latents; a 16×24 latent is destroyed by less noise), and
   the focal top-k schedule off (focus_top=1.0; no measurable effect at this scale, see docs/demo_model.md);
-* optimiser: Adam 5e-4, global-norm clipping 1.0; stage 1: 200 warm-up steps, then constant; stage 2: 50
-  warm-up steps, then a cosine decay to 0. The state keeps an EMA (0.999), but the packaged model is the RAW
-  weights (stage 1's EMA still held 37% of the random init at step 1000; stage 2's decay does its job);
+* optimiser: Adam 5e-4, global-norm clipping 1.0; stage 1: 200 warm-up steps, then constant; stages 2 and
+  3: 50 warm-up steps, then a cosine decay to 0 (stage 3 from 4e-4). The state keeps an EMA (0.999), but the
+  packaged model is the RAW weights (stage 1's EMA still held 37% of the random init at step 1000; the later
+  stages' decay does its job);
 * sampler: the reference's (25 Euler steps, σ 700 → 0.002, guidance 1.0 → 1.5 over frames).
 
 Arguments: stage=1|2|3 (default 1), steps=N (default 1000 for stage 1, 850 for stage 2, 1600 for stage 3),

@@ -1,8 +1,8 @@
 """The packaged demo model (gcd_jax/assets/demo_model) and the demo's video / strip composition.
 
-* the model folder is complete, ≤ 30 MB, and was made by the documented second stage,
-  `gcd-jax train --config configs/demo.py:stage=2 --config.init_checkpoint=<the stage-1 model>`: its stored
-  training config equals configs/demo.py:stage=2 today (apart from the machine's paths, data_dir and
+* the model folder is complete, ≤ 30 MB, and was made by the documented third stage,
+  `gcd-jax train --config configs/demo.py:stage=3 --config.init_checkpoint=<the stage-2 model>`: its stored
+  training config equals configs/demo.py:stage=3 today (apart from the machine's paths, data_dir and
   init_checkpoint, the CLI's resume policy flag, and the device-layout options mesh.dcn_shape and
   model.attention), so the documented commands reproduce it;
 * its VAE (fitted by the trainer, gcd_jax/train/vae_fit.py) has unit-std target latents and reconstructs
@@ -27,7 +27,7 @@ def _dir_bytes(path: str) -> int:
 def _strip_machine(d: dict) -> dict:
   d = json.loads(json.dumps(d))
   d['data'].pop('data_dir')
-  d.pop('init_checkpoint')  # a path on the training machine (the stage-1 model, docs/demo_model.md)
+  d.pop('init_checkpoint')  # a path on the training machine (the stage-2 model, docs/demo_model.md)
   d.pop('resume_with_changes', None)  # how the CLI treats a resume, not part of the training recipe
   # How the same arithmetic is laid out on devices (options added after the model was trained; their
   # defaults compute what the run computed): the multi-slice mesh and the attention implementation.
@@ -45,9 +45,9 @@ def test_packaged_model_is_the_documented_run():
   assert _dir_bytes(path) <= 30 * 2 ** 20, _dir_bytes(path)
   assert meta['source']['kind'] == 'gcd-jax train' and meta['source']['weights'] == 'params'  # raw: see configs/demo.py
   stored = _strip_machine(meta['train_config'])
-  want = _strip_machine(json.loads(demo_config.get_config('stage=2').to_json_best_effort()))
+  want = _strip_machine(json.loads(demo_config.get_config('stage=3').to_json_best_effort()))
   assert stored == want
-  assert meta['train_config']['init_checkpoint']  # stage 2 starts from the stage-1 model
+  assert meta['train_config']['init_checkpoint']  # stage 3 starts from the stage-2 model
   assert meta['source']['step'] == want['total_steps']
 
 
