@@ -217,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     args = command_parser(name, module).parse_args(rest)
     args.overrides = overrides
     args.debug = debug
-    return int(module.run(args) or 0)
+    code = int(module.run(args) or 0)
+    _INTERRUPT_PENDING.clear()  # a command that handled a Ctrl-C itself (the app's server loop) has returned
+    return code
   except SystemExit as e:  # --help, --version
     return int(e.code or 0) if isinstance(e.code, int) or e.code is None else 2
   except KeyboardInterrupt:
