@@ -170,7 +170,8 @@ def preset_args(arg: str | None, **defaults) -> ml_collections.ConfigDict:
       else:
         out[k] = type(d)(v) if d is not None else v
     except ValueError:
-      raise ValueError(f'config argument {item!r}: {k} must be a {type(d).__name__}') from None
+      kind = {'int': 'an integer', 'float': 'a number', 'bool': 'true or false'}.get(type(d).__name__, 'a string')
+      raise ValueError(f'config argument {item!r}: {k} must be {kind}') from None
   return ml_collections.ConfigDict(out)
 
 

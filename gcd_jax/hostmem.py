@@ -8,9 +8,10 @@ thresholds above any block size make the blocks come from the main heap and be r
 33.4 s → 24.6 s under the same setting. The price is that a process keeps its peak heap until it exits.
 
 Applied at the start of every `gcd-jax` command, before JAX creates its threads (arenas made earlier keep
-their settings). Not in the pytest workers (tests/conftest.py says why). `GCD_JAX_MALLOC=default` keeps glibc's behaviour; by default the
-setting is skipped on hosts with an accelerator (/dev/nvidia*, /dev/accel*), where the programs do not run on
-this allocator and one arena could serialise the data pipeline's threads. No-op without glibc.
+their settings); not in the pytest workers (tests/conftest.py says why). `GCD_JAX_MALLOC=default` keeps
+glibc's behaviour; by default the setting is skipped on hosts with an accelerator (/dev/nvidia*, /dev/accel*),
+where the programs do not run on this allocator and one arena could serialise the data pipeline's threads.
+No-op without glibc.
 """
 
 from __future__ import annotations
