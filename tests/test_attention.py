@@ -1,8 +1,13 @@
 """The attention implementations agree with XLA's materialised softmax attention (values and gradients).
 
+`fused` is the C++ XLA:CPU kernel (gcd_jax/models/cpu_attention.cc), built by the first test that uses it.
+
 `flash` is the Pallas TPU kernel, run here in Pallas' TPU interpret mode on CPU (the same kernel code, the
 same block tiling); under a mesh it runs inside shard_map over the row axes.
 """
+
+import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -81,10 +86,69 @@ def test_deferred_bfloat16_close_to_float32():
   np.testing.assert_allclose(np.asarray(out, np.float32), _xla(q, k, v), atol=3e-2)
 
 
+# Shapes the models use and the kernel's edge cases: 1536/384-token spatial attention, 14-frame temporal, the
+# 1-token cross-attention, key counts that are not a multiple of the vector width, heads of 8 to 80 channels,
+# a partial last group of queries (100 = 12·8 + 4).
+FUSED_SHAPES = [(2, 1536, 1536, 2, 16), (3, 96, 96, 2, 16), (4, 14, 14, 2, 16), (2, 84, 1, 2, 16),
+                (2, 100, 37, 3, 8), (1, 50, 70, 1, 20), (1, 257, 257, 2, 80), (2, 64, 64, 5, 64)]
+
+
+@pytest.mark.parametrize('n,lq,lk,h,d', FUSED_SHAPES)
+def test_fused_matches_xla(n, lq, lk, h, d):
+  q, k, v = _qkv(n, lq, lk, h=h, d=d, seed=4)
+  fn = _under('fused')
+  np.testing.assert_allclose(jax.jit(fn)(q, k, v), _xla(q, k, v), atol=2e-6)
+  g = jax.jit(jax.grad(_loss(fn), argnums=(0, 1, 2)))(q, k, v)
+  for a, b in zip(g, jax.grad(_loss(_xla), argnums=(0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=lq * 2e-6)  # dv sums Lq terms
+
+
+def test_fused_extreme_scores_and_bfloat16():
+  """Scores far apart (a peaked softmax: exp underflows for all but one key) and large in magnitude stay
+  exact; bfloat16 inputs are computed in float32 and returned as bfloat16."""
+  q, k, v = _qkv(2, 96, 96, seed=5)
+  q = q * 40.0
+  np.testing.assert_allclose(jax.jit(_under('fused'))(q, k, v), _xla(q, k, v), atol=2e-5)
+  qb, kb, vb = (a.astype(jnp.bfloat16) for a in _qkv(2, 256, 256, seed=3))
+  out = jax.jit(_under('fused'))(qb, kb, vb)
+  assert out.dtype == jnp.bfloat16
+  want = _xla(*(a.astype(jnp.float32) for a in (qb, kb, vb)))
+  np.testing.assert_allclose(np.asarray(out, np.float32), want, atol=1e-2)
+
+
+def test_fused_under_mesh_runs_per_device_rows():
+  """Under a 2-device mesh the kernel runs per device inside shard_map (values and gradients); rows that do
+  not split evenly over the mesh go to the XLA path instead of failing."""
+  mesh = Mesh(np.array(jax.devices()[:2]), ('data',))
+  fn = _under('fused', mesh=mesh, row_axes=('data',))
+  for n in (4, 3):
+    q, k, v = (jax.device_put(a, NamedSharding(mesh, P('data') if n % 2 == 0 else P())) for a in _qkv(n, 64, 64, seed=1))
+    np.testing.assert_allclose(jax.jit(fn)(q, k, v), _xla(q, k, v), atol=2e-6)
+    g = jax.jit(jax.grad(_loss(fn), argnums=(0, 1, 2)))(q, k, v)
+    for a, b in zip(g, jax.grad(_loss(_xla), argnums=(0, 1, 2))(q, k, v)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-4)
+  text = jax.jit(fn).lower(*_qkv(4, 64, 64)).as_text()
+  assert 'gcd_attention_fwd' in text
+
+
+def test_fused_build_failure_is_clear(monkeypatch, tmp_path):
+  """Without a compiler: `auto` falls back to `deferred`; an explicit `fused` names the problem and the fix."""
+  from gcd_jax.models import cpu_attention  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('GCD_JAX_EXT_DIR', str(tmp_path / 'ext'))
+  for cxx, why in ((str(tmp_path / 'no-such-compiler'), 'no C++ compiler'), ('false', 'failed')):
+    monkeypatch.setenv('CXX', cxx)
+    monkeypatch.setattr(cpu_attention, '_register', functools.cache(cpu_attention._register.__wrapped__))
+    with pytest.raises(cpu_attention.BuildError, match=re.escape(why) + '.*attention=deferred'):
+      cpu_attention.require()
+  assert not list((tmp_path / 'ext').iterdir())  # the failed build left nothing behind
+  q, k, v = _qkv(2, 32, 32)
+  np.testing.assert_allclose(jax.jit(_under('auto'))(q, k, v), _xla(q, k, v), atol=2e-6)
+
+
 def test_resolve_and_bad_name():
   assert attention.resolve('auto', 'tpu') == 'flash'
   assert attention.resolve('auto', 'gpu') == 'cudnn'
-  assert attention.resolve('auto', 'cpu') == 'deferred'
+  assert attention.resolve('auto', 'cpu') == 'fused'
   assert attention.resolve('xla', 'tpu') == 'xla'
   with pytest.raises(ValueError, match='use one of'):
     with attention.use_backend(attention.Backend(impl='splash')):

@@ -15,14 +15,21 @@ at trace time by the backend in effect (`use_backend`, set by the train step and
   short sequences (temporal attention over 14 frames, the 1-token cross-attention, the VAE/CLIP blocks)
   stay on `xla`, where their logits are small.
 * `cudnn`: `jax.nn.dot_product_attention(implementation='cudnn')` (GPU, bfloat16/float16 inputs).
-* `deferred`: the CPU path. The same softmax attention written so that XLA:CPU makes fewer passes over the
+* `fused`: the CPU path. One XLA:CPU custom call per direction (gcd_jax/models/cpu_attention.py and .cc, built at
+  first use with the host's C++ compiler) that keeps each query's scores in cache and never writes the logits
+  to memory; the backward pass recomputes them from the saved log-sum-exp (flash attention's scheme). Float32
+  inside. On the 2-core development VM, the small-preset spatial attention below: 0.085 s forward vs 0.42 s for
+  `deferred` and 0.071 s for PyTorch's fused SDPA, in the same conditions (docs/performance.md). Under a mesh
+  it runs per device inside `jax.shard_map`, like `flash`.
+* `deferred`: XLA's best form of the op on CPU. The same softmax attention written so that XLA:CPU makes fewer passes over the
   logits: heads-major einsums ([N, H, L, D]), and the softmax normalisation deferred to after the value
   product (o = (exp(s − max s) · v) / Σ exp(s − max s): the division touches [N, H, Lq, D], not
   [N, H, Lq, Lk]). On the 2-core development VM, one small-preset spatial attention ([28, 1536, 2 × 16]
   float32): 0.24 s vs 0.51 s for `xla` forward, 0.73 s vs 1.52 s forward + backward (PyTorch's fused SDPA:
   0.14 s forward). Splitting the queries into blocks (`jax.lax.map`) was slower (0.29-0.32 s).
 
-`auto` picks `flash` on TPU, `cudnn` on GPU for half-precision inputs (else `xla`), `deferred` on CPU.
+`auto` picks `flash` on TPU, `cudnn` on GPU for half-precision inputs (else `xla`), `fused` on CPU (`deferred`
+where the kernel cannot be built, e.g. no C++ compiler: logged once).
 """
 
 from __future__ import annotations
@@ -35,13 +42,13 @@ import math
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ('auto', 'xla', 'flash', 'cudnn', 'deferred')
+IMPLEMENTATIONS = ('auto', 'xla', 'flash', 'cudnn', 'fused', 'deferred')
 
 
 @dataclasses.dataclass(frozen=True)
 class Backend:
-  """impl: one of IMPLEMENTATIONS. mesh/row_axes: for `flash` under SPMD, the mesh and the axes that split
-  the N rows (None: a single device, or already inside shard_map)."""
+  """impl: one of IMPLEMENTATIONS. mesh/row_axes: for `flash` and `fused` under SPMD, the mesh and the axes
+  that split the N rows (None: a single device, or already inside shard_map)."""
   impl: str = 'auto'
   mesh: jax.sharding.Mesh | None = None
   row_axes: tuple[str, ...] = ()
@@ -83,7 +90,7 @@ def resolve(impl: str, platform: str | None = None) -> str:
   if impl != 'auto':
     return impl
   platform = platform or jax.default_backend()
-  return {'tpu': 'flash', 'gpu': 'cudnn', 'cuda': 'cudnn', 'rocm': 'xla'}.get(platform, 'deferred')
+  return {'tpu': 'flash', 'gpu': 'cudnn', 'cuda': 'cudnn', 'rocm': 'xla'}.get(platform, 'fused')
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
@@ -95,6 +102,12 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array
     return _flash(q, k, v, b)
   if impl == 'cudnn' and q.dtype in (jnp.bfloat16, jnp.float16):
     return jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
+  if impl == 'fused':
+    from gcd_jax.models import cpu_attention  # pylint: disable=g-import-not-at-top
+    if b.impl == 'fused' or cpu_attention.available_or_log():  # an explicit request fails loudly
+      if _rows_split(q.shape[0], b):
+        return _per_device_rows(cpu_attention.fused_attention, q, k, v, b, 'fused')
+    impl = 'deferred'  # no kernel, or rows that the mesh does not split evenly: XLA's partitioner copes
   if impl == 'deferred':
     return deferred_attention(q, k, v)
   return jax.nn.dot_product_attention(q, k, v, implementation='xla')
@@ -104,6 +117,10 @@ def _platform(b: Backend) -> str | None:
   if b.mesh is not None:
     return b.mesh.devices.flat[0].platform
   return None
+
+
+def _rows_split(n: int, b: Backend) -> bool:
+  return b.mesh is None or not b.row_axes or n % math.prod(b.mesh.shape[a] for a in b.row_axes) == 0
 
 
 def _flash_fits(lq: int, lk: int, min_len: int) -> bool:
@@ -137,10 +154,16 @@ def _flash(q: jax.Array, k: jax.Array, v: jax.Array, b: Backend) -> jax.Array:
                            block_sizes=bs)
     return o.swapaxes(1, 2)
 
+  return _per_device_rows(kernel, q, k, v, b, 'flash')
+
+
+def _per_device_rows(kernel, q: jax.Array, k: jax.Array, v: jax.Array, b: Backend, name: str) -> jax.Array:
+  """kernel(q, k, v) per device over the rows that `b.row_axes` give it: a custom call (Pallas or FFI) is not
+  split by the SPMD partitioner, which would otherwise gather every row onto every device."""
   if b.mesh is None or not b.row_axes:
     return kernel(q, k, v)
   spec = jax.sharding.PartitionSpec(b.row_axes)
   rows = math.prod(b.mesh.shape[a] for a in b.row_axes)
   if q.shape[0] % rows:
-    raise ValueError(f'flash attention: {q.shape[0]} rows do not split over mesh axes {b.row_axes} ({rows} devices)')
+    raise ValueError(f'{name} attention: {q.shape[0]} rows do not split over mesh axes {b.row_axes} ({rows} devices)')
   return jax.shard_map(kernel, mesh=b.mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(q, k, v)
