@@ -18,9 +18,10 @@ at trace time by the backend in effect (`use_backend`, set by the train step and
 * `fused`: the CPU path. One XLA:CPU custom call per direction (gcd_jax/models/cpu_attention.py and .cc, built at
   first use with the host's C++ compiler) that keeps each query's scores in cache and never writes the logits
   to memory; the backward pass recomputes them from the saved log-sum-exp (flash attention's scheme). Float32
-  inside. On the 2-core development VM, the small-preset spatial attention below: 0.085 s forward vs 0.42 s for
-  `deferred` and 0.071 s for PyTorch's fused SDPA, in the same conditions (docs/performance.md). Under a mesh
-  it runs per device inside `jax.shard_map`, like `flash`.
+  inside. Used where there are ≥ `fused_min_keys` (64) keys; shorter sequences stay on `deferred`. On the
+  2-core development VM, one small-preset spatial attention ([28, 1536, 2 × 16]): 0.075 s forward vs 0.32 s
+  for `deferred` and 0.061 s for PyTorch's fused SDPA (docs/performance.md). Under a mesh it runs per device
+  inside `jax.shard_map`, like `flash`.
 * `deferred`: XLA's best form of the op on CPU. The same softmax attention written so that XLA:CPU makes fewer passes over the
   logits: heads-major einsums ([N, H, L, D]), and the softmax normalisation deferred to after the value
   product (o = (exp(s − max s) · v) / Σ exp(s − max s): the division touches [N, H, Lq, D], not
@@ -53,6 +54,7 @@ class Backend:
   mesh: jax.sharding.Mesh | None = None
   row_axes: tuple[str, ...] = ()
   flash_min_len: int = 512
+  fused_min_keys: int = 64
 
 
 _BACKEND: contextvars.ContextVar[Backend] = contextvars.ContextVar('gcd_jax_attention', default=Backend())
@@ -104,7 +106,9 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array
     return jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
   if impl == 'fused':
     from gcd_jax.models import cpu_attention  # pylint: disable=g-import-not-at-top
-    if b.impl == 'fused' or cpu_attention.available_or_log():  # an explicit request fails loudly
+    # Short key sequences (temporal attention over 14 frames, the 1-token cross-attention) are faster on
+    # XLA: the kernel's per-(row, head) set-up outweighs the little softmax work there.
+    if lk >= b.fused_min_keys and (b.impl == 'fused' or cpu_attention.available_or_log()):  # explicit: fails loudly
       if _rows_split(q.shape[0], b):
         return _per_device_rows(cpu_attention.fused_attention, q, k, v, b, 'fused')
     impl = 'deferred'  # no kernel, or rows that the mesh does not split evenly: XLA's partitioner copes
