@@ -42,6 +42,7 @@ typedef int32_t vi __attribute__((vector_size(kW * 4)));
 
 constexpr int64_t kKeyTile = 8 * kW;  // keys per register tile of the score product (8 registers)
 constexpr int64_t kQueryBlock = 256;  // queries per forward work item (k and v are re-laid out once per item)
+constexpr int64_t kBackwardGroup = 8;  // queries per pass over the keys in the backward (24 accumulators)
 constexpr int64_t kGroup = 16;        // queries whose value products share each load of v (16 accumulators: half the AVX-512 registers)
 
 inline vf load(const float* p) {
@@ -244,56 +245,75 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
               *lp = lse.typed_data(), *gp = dout.typed_data();
   float *dqp = dq->typed_data(), *dkp = dk->typed_data(), *dvp = dv->typed_data();
   const int64_t w = (g.d + kW - 1) / kW * kW;  // padded row width of the per-(n, h) row buffers
+  constexpr int64_t G = kBackwardGroup;
   parallel_for(pool, g.n * g.h, [&](int64_t item) {
     const int64_t n = item / g.h, h = item % g.h;
     std::vector<float> kt(g.d * g.lkp), vt(g.d * g.lkp), kr(g.lk * w, 0.0f), dkr(g.lk * w, 0.0f),
-        dvr(g.lk * w, 0.0f), p(g.lkp), dp(g.lkp), qs(g.d), qw(w, 0.0f), gw(w, 0.0f), dqw(w);
+        dvr(g.lk * w, 0.0f), p(G * g.lkp), dp(G * g.lkp), qs(G * g.d), gs(G * g.d), qw(G * w), gw(G * w), dqw(G * w);
     gather_transposed(kp, n, h, g.lk, g.lkp, g, kt.data());
     gather_transposed(vp, n, h, g.lk, g.lkp, g, vt.data());
     for (int64_t j = 0; j < g.lk; ++j) std::memcpy(kr.data() + j * w, kp + ((n * g.lk + j) * g.h + h) * g.d,
                                                    g.d * sizeof(float));
-    for (int64_t i = 0; i < g.lq; ++i) {
-      const int64_t row = ((n * g.lq + i) * g.h + h) * g.d;
-      const float* qi = qp + row;
-      const float* gi = gp + row;
-      for (int64_t c = 0; c < g.d; ++c) {
-        qs[c] = qi[c] * scale;
-        qw[c] = qi[c];  // dk_j += (scale · dS_ij) · q_i, the scale is in dp below
-        gw[c] = gi[c];
+    for (int64_t i0 = 0; i0 < g.lq; i0 += G) {
+      const int64_t rows = std::min(G, g.lq - i0);
+      float l[G], delta[G];
+      std::fill(qw.begin(), qw.end(), 0.0f);
+      std::fill(gw.begin(), gw.end(), 0.0f);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t row = ((n * g.lq + i0 + r) * g.h + h) * g.d;
+        delta[r] = 0.0f;  // Σ_d dO·O = Σ_j P·dP
+        for (int64_t c = 0; c < g.d; ++c) {
+          qs[r * g.d + c] = qp[row + c] * scale;
+          qw[r * w + c] = qp[row + c];  // dk_j += (scale · dS_ij) · q_i, the scale is in dp below
+          gs[r * g.d + c] = gw[r * w + c] = gp[row + c];
+          delta[r] += gp[row + c] * op[row + c];
+        }
+        l[r] = lp[(n * g.h + h) * g.lq + i0 + r];
       }
-      float delta = 0.0f;  // Σ_d dO·O = Σ_j P·dP
-      for (int64_t c = 0; c < g.d; ++c) delta += gi[c] * op[row + c];
-      scores(qs.data(), 1, kt.data(), p.data(), g);  // s_ij
-      scores(gi, 1, vt.data(), dp.data(), g);        // dP_ij = dO_i · v_j
-      const float l = lp[(n * g.h + h) * g.lq + i];
-      for (int64_t j = 0; j < g.lkp; j += kW) {
-        const vf pj = exp_neg(load(&p[j]) - l);
-        store(&p[j], pj);
-        store(&dp[j], pj * (load(&dp[j]) - delta) * scale);  // dS_ij · scale
+      scores(qs.data(), rows, kt.data(), p.data(), g);  // s_ij
+      scores(gs.data(), rows, vt.data(), dp.data(), g);  // dP_ij = dO_i · v_j
+      for (int64_t r = 0; r < G; ++r) {
+        float* pr = p.data() + r * g.lkp;
+        float* dr = dp.data() + r * g.lkp;
+        if (r >= rows) {  // a partial last group: rows of zeros contribute nothing
+          std::fill(pr, pr + g.lkp, 0.0f);
+          std::fill(dr, dr + g.lkp, 0.0f);
+          continue;
+        }
+        for (int64_t j = 0; j < g.lkp; j += kW) {
+          const vf pj = exp_neg(load(pr + j) - l[r]);
+          store(pr + j, pj);
+          store(dr + j, pj * (load(dr + j) - delta[r]) * scale);  // dS_ij · scale
+        }
+        for (int64_t j = g.lk; j < g.lkp; ++j) pr[j] = dr[j] = 0.0f;  // padded keys
       }
-      for (int64_t j = g.lk; j < g.lkp; ++j) p[j] = dp[j] = 0.0f;  // padded keys
+      // One pass over the keys for the whole group: dv_j, dk_j and k_j are loaded once per key and serve G
+      // queries; the G dq accumulators stay in registers.
       for (int64_t c = 0; c < w; c += kW) {
-        const vf gc = load(&gw[c]), qc = load(&qw[c]);
-        vf a0 = {}, a1 = {};
-        int64_t j = 0;
-        for (; j + 2 <= g.lk; j += 2) {
-          float* dv0 = &dvr[j * w + c];
-          float* dk0 = &dkr[j * w + c];
-          store(dv0, load(dv0) + p[j] * gc);
-          store(dv0 + w, load(dv0 + w) + p[j + 1] * gc);
-          store(dk0, load(dk0) + dp[j] * qc);
-          store(dk0 + w, load(dk0 + w) + dp[j + 1] * qc);
-          a0 += dp[j] * load(&kr[j * w + c]);
-          a1 += dp[j + 1] * load(&kr[(j + 1) * w + c]);
+        vf gc[G], qc[G], dq[G];
+        for (int64_t r = 0; r < G; ++r) {
+          gc[r] = load(&gw[r * w + c]);
+          qc[r] = load(&qw[r * w + c]);
+          dq[r] = vf{};
         }
-        for (; j < g.lk; ++j) {
-          store(&dvr[j * w + c], load(&dvr[j * w + c]) + p[j] * gc);
-          store(&dkr[j * w + c], load(&dkr[j * w + c]) + dp[j] * qc);
-          a0 += dp[j] * load(&kr[j * w + c]);
+        for (int64_t j = 0; j < g.lk; ++j) {
+          float* dvj = &dvr[j * w + c];
+          float* dkj = &dkr[j * w + c];
+          const vf kj = load(&kr[j * w + c]);
+          vf av = load(dvj), ak = load(dkj);
+          for (int64_t r = 0; r < G; ++r) {
+            const float pr = p[r * g.lkp + j], dr = dp[r * g.lkp + j];
+            av += pr * gc[r];
+            ak += dr * qc[r];
+            dq[r] += dr * kj;
+          }
+          store(dvj, av);
+          store(dkj, ak);
         }
-        store(&dqw[c], a0 + a1);
+        for (int64_t r = 0; r < G; ++r) store(&dqw[r * w + c], dq[r]);
       }
-      std::memcpy(dqp + row, dqw.data(), g.d * sizeof(float));
+      for (int64_t r = 0; r < rows; ++r)
+        std::memcpy(dqp + ((n * g.lq + i0 + r) * g.h + h) * g.d, &dqw[r * w], g.d * sizeof(float));
     }
     for (int64_t j = 0; j < g.lk; ++j) {
       const int64_t row = ((n * g.lk + j) * g.h + h) * g.d;
