@@ -72,6 +72,36 @@ def sample_program(cfg, mesh, videos: int, t: int, h: int, w: int, steps: int):
   return jitted, (state, batch, keys)
 
 
+def unet_step_program(cfg, mesh, videos: int, t: int, h: int, w: int):
+  """One guided sampler step's U-Net forward: the doubled batch (2 · videos · t frame rows, uncond + cond) at
+  the latent size of h × w frames, parameters replicated, rows over the mesh's 'data' axis. This is the body of
+  the sampler's `fori_loop`, which XLA's cost analysis counts once whatever the number of steps."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from gcd_jax.models import attention  # pylint: disable=g-import-not-at-top
+  from gcd_jax.models.gcd import build_gcd_network  # pylint: disable=g-import-not-at-top
+  from gcd_jax.train import train_step as ts  # pylint: disable=g-import-not-at-top
+  graphdef, state = nnx.split(ts.abstract_module(build_gcd_network, cfg.model).unet)
+  state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
+  u = cfg.model.unet
+  rows = 2 * videos * t
+  y_dim = int(u.adm_in_channels) + int(u.get('aux_emb_dim', 0) or 0)  # + the camera embedding
+  f32, sds = np.float32, jax.ShapeDtypeStruct
+  factor = 2 ** (len(cfg.model.vae.block_out_channels) - 1)  # the VAE's spatial downsampling (8 for SVD's)
+  inputs = (sds((rows, h // factor, w // factor, int(u.in_channels)), f32), sds((rows,), f32),
+            sds((rows, 1, int(u.context_dim)), f32), sds((rows, y_dim), f32))
+  rep, split = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  backend = attention.Backend(impl=cfg.model.get('attention', 'auto'), mesh=mesh, row_axes=('data',))
+
+  def program(params, *inputs):
+    with attention.use_backend(backend):
+      return nnx.merge(graphdef, params)(*inputs, num_frames=t)
+
+  jitted = jax.jit(program, in_shardings=(jax.tree.map(lambda _: rep, state),) + (split,) * 4, out_shardings=split)
+  return jitted, (state, *inputs)
+
+
 def materialise(abstract, shardings, mode: str, seed: int = 0, fallback=None):
   """Random arrays for abstract arguments, drawn on the host (numpy: no RNG program to compile, which on
   XLA:CPU takes minutes for hundreds of leaves) and placed shard by shard on their devices. The values only
