@@ -19,8 +19,8 @@ at trace time by the backend in effect (`use_backend`, set by the train step and
   first use with the host's C++ compiler) that keeps each query's scores in cache and never writes the logits
   to memory; the backward pass recomputes them from the saved log-sum-exp (flash attention's scheme). Float32
   inside. Used where there are ≥ `fused_min_keys` (64) keys; shorter sequences stay on `deferred`. On the
-  2-core development VM, one small-preset spatial attention ([28, 1536, 2 × 16]): 0.075 s forward vs 0.32 s
-  for `deferred` and 0.061 s for PyTorch's fused SDPA (docs/performance.md). Under a mesh it runs per device
+  2-core development VM, one small-preset spatial attention ([28, 1536, 2 × 16]): 0.068 s forward vs 0.35 s
+  for `deferred` and 0.057 s for PyTorch's fused SDPA (docs/performance.md). Under a mesh it runs per device
   inside `jax.shard_map`, like `flash`.
 * `deferred`: XLA's best form of the op on CPU. The same softmax attention written so that XLA:CPU makes fewer passes over the
   logits: heads-major einsums ([N, H, L, D]), and the softmax normalisation deferred to after the value

@@ -92,7 +92,26 @@ struct Dims {
 inline void scores(const float* qs, int64_t rows, const float* kt, float* s, const Dims& g) {
   int64_t j0 = 0;
   for (; j0 + kKeyTile <= g.lkp; j0 += kKeyTile) {
-    for (int64_t r = 0; r < rows; ++r) {
+    int64_t r = 0;
+    for (; r + 2 <= rows; r += 2) {  // two rows per pass: each key register loaded serves 2 FMAs
+      vf a0[kKeyTile / kW] = {}, a1[kKeyTile / kW] = {};
+      const float* q0 = qs + r * g.d;
+      const float* q1 = q0 + g.d;
+      for (int64_t c = 0; c < g.d; ++c) {
+        const vf x0 = splat(q0[c]), x1 = splat(q1[c]);
+        const float* row = kt + c * g.lkp + j0;
+        for (int t = 0; t < kKeyTile / kW; ++t) {
+          const vf kv = load(row + kW * t);
+          a0[t] += x0 * kv;
+          a1[t] += x1 * kv;
+        }
+      }
+      for (int t = 0; t < kKeyTile / kW; ++t) {
+        store(s + r * g.lkp + j0 + kW * t, a0[t]);
+        store(s + (r + 1) * g.lkp + j0 + kW * t, a1[t]);
+      }
+    }
+    for (; r < rows; ++r) {
       vf acc[kKeyTile / kW] = {};
       const float* q = qs + r * g.d;
       for (int64_t c = 0; c < g.d; ++c) {
