@@ -1,8 +1,8 @@
 // Fused softmax attention for XLA:CPU, as two XLA FFI custom calls (forward, backward).
 //
 // o = softmax(scale · q·kᵀ) · v per row n and head h, never materialising the [N, H, Lq, Lk] logits in
-// memory: for each query the Lk scores live in a per-thread buffer (6 KB for 1536 keys, in L1), next to the
-// (n, h) slice of k (transposed) and v (in L2). XLA's own path writes and re-reads the whole logits tensor
+// memory: a group of 16 queries keeps its scores in a per-thread buffer (16 × 6 KB for 1536 keys, in L2),
+// next to the (n, h) slice of k (transposed) and v. XLA's own path writes and re-reads the whole logits tensor
 // several times (docs/performance.md, "The CPU path"). The backward pass is the flash-attention one
 // (Dao et al. 2022, Algorithm 2 without tiling): it recomputes the probabilities from the saved
 // log-sum-exp, so nothing of size Lq·Lk is stored between the passes either.
@@ -17,7 +17,6 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -42,8 +41,8 @@ typedef int32_t vi __attribute__((vector_size(kW * 4)));
 
 constexpr int64_t kKeyTile = 8 * kW;  // keys per register tile of the score product (8 registers)
 constexpr int64_t kQueryBlock = 256;  // queries per forward work item (k and v are re-laid out once per item)
+constexpr int64_t kGroup = 16;        // queries whose value products share each load of v (16 accumulators)
 constexpr int64_t kBackwardGroup = 8;  // queries per pass over the keys in the backward (24 accumulators)
-constexpr int64_t kGroup = 16;        // queries whose value products share each load of v (16 accumulators: half the AVX-512 registers)
 
 inline vf load(const float* p) {
   vf r;
@@ -165,9 +164,6 @@ void parallel_for(ffi::ThreadPool& pool, int64_t count, const std::function<void
     }
   };
   const int64_t helpers = std::min<int64_t>(std::max<int64_t>(pool.num_threads() - 1, 0), count - 1);
-#ifdef GCD_DEBUG
-  fprintf(stderr, "num_threads %ld count %ld\n", (long)pool.num_threads(), (long)count);
-#endif
   for (int64_t t = 0; t < helpers; ++t) pool.Schedule(std::function<void()>(run));
   run();
   while (st->done.load(std::memory_order_acquire) < count) std::this_thread::yield();
