@@ -150,12 +150,18 @@ def test_fused_build_failure_is_clear(monkeypatch, tmp_path):
   """Without a compiler: `auto` falls back to `deferred`; an explicit `fused` names the problem and the fix."""
   from gcd_jax.models import cpu_attention  # pylint: disable=g-import-not-at-top
   monkeypatch.setenv('GCD_JAX_EXT_DIR', str(tmp_path / 'ext'))
-  for cxx, why in ((str(tmp_path / 'no-such-compiler'), 'no C++ compiler'), ('false', 'failed')):
+  for cxx, why in ((str(tmp_path / 'no-such-compiler'), 'no C++ compiler'), ('false', 'exited with status 1')):
     monkeypatch.setenv('CXX', cxx)
     monkeypatch.setattr(cpu_attention, '_register', functools.cache(cpu_attention._register.__wrapped__))
     with pytest.raises(cpu_attention.BuildError, match=re.escape(why) + '.*attention=deferred'):
       cpu_attention.require()
   assert not list((tmp_path / 'ext').iterdir())  # the failed build left nothing behind
+  # A config that names `fused` is refused when validated, before a command writes anything.
+  from gcd_jax.models import config as model_config, presets  # pylint: disable=g-import-not-at-top
+  cfg = presets.get_config('tiny')
+  cfg.attention = 'fused'
+  with pytest.raises(model_config.ConfigError, match='attention=deferred'):
+    model_config.validate_model_config(cfg)
   q, k, v = _qkv(2, 32, 32)
   np.testing.assert_allclose(jax.jit(_under('auto'))(q, k, v), _xla(q, k, v), atol=2e-6)
 

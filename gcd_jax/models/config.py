@@ -79,6 +79,12 @@ def validate_model_config(cfg: ml_collections.ConfigDict) -> None:
   from gcd_jax.models.attention import IMPLEMENTATIONS  # pylint: disable=g-import-not-at-top
   if cfg.get('attention', 'auto') not in IMPLEMENTATIONS:
     problems.append(f'attention={cfg.attention!r}; use one of {IMPLEMENTATIONS}')
+  elif cfg.get('attention') == 'fused':  # asked for by name: build the C++ kernel now, before any output exists
+    from gcd_jax.models import cpu_attention  # pylint: disable=g-import-not-at-top
+    try:
+      cpu_attention.require()
+    except cpu_attention.BuildError as e:
+      problems.append(str(e))
   for key in ('dtype', 'param_dtype'):
     if cfg[key] not in _DTYPES:
       problems.append(f'{key}={cfg[key]!r}; use one of {sorted(_DTYPES)}')

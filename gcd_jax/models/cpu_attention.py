@@ -9,7 +9,7 @@ recomputation, Dao et al. 2022).
 The C++ source is compiled at first use with the host's C++ compiler ($CXX, else g++, -O3 -march=native)
 into the gcd-jax cache ($GCD_JAX_EXT_DIR, default ~/.cache/gcd-jax/ext), keyed by the source, the
 jaxlib version and the CPU, and registered with XLA as the custom-call targets `gcd_attention_fwd` /
-`gcd_attention_bwd` (platform cpu). `available()` says whether that worked; attention.py's `auto` falls back
+`gcd_attention_bwd` (platform cpu). `available_or_log()` says whether that worked; attention.py's `auto` falls back
 to `deferred` when it did not (no compiler), with one log line, and an explicit `fused` request fails with the
 compiler's message.
 
@@ -79,7 +79,9 @@ def build() -> str:
     cmd = [cxx, *FLAGS, '-I', jax.ffi.include_dir(), SOURCE, '-o', tmp]
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if r.returncode:
-      raise BuildError(f'{" ".join(cmd)} failed: {r.stderr.strip()[-2000:]}')
+      errors = [l for l in r.stderr.splitlines() if 'error' in l] or r.stderr.strip().splitlines()[-1:]
+      raise BuildError(f'{cxx} exited with status {r.returncode} compiling {SOURCE}: '
+                       f'{errors[0].strip() if errors else "no output"}')
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
@@ -100,15 +102,11 @@ def _register() -> str:
   return ''
 
 
-def available() -> bool:
-  return not _register()
-
-
 _warned = []
 
 
 def available_or_log() -> bool:
-  """available(), logging the reason once when not (attention.py's `auto` then uses `deferred`)."""
+  """Whether the kernel is built and registered; logs the reason once when not (attention.py's `auto` then uses `deferred`)."""
   why = _register()
   if why and not _warned:
     _warned.append(why)

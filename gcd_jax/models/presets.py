@@ -19,7 +19,7 @@ Presets
              attention cost ~45% of a train step), a 16-wide camera embedding. 4.8 M U-Net parameters.
 
 Options after the preset, comma separated: `dtype=bfloat16`, `remat=full|none|dots`,
-`attention=auto|xla|flash|cudnn|chunked`, `eps=sgm|diffusers` (U-Net ResBlock GroupNorm eps layout, see `resblock_norm_eps` below).
+`attention=auto|xla|flash|cudnn|fused|deferred`, `eps=sgm|diffusers` (U-Net ResBlock GroupNorm eps layout, see `resblock_norm_eps` below).
 Example: `configs/models.py:gcd,dtype=bfloat16,remat=full`.
 """
 
@@ -111,8 +111,8 @@ def svd() -> ml_collections.ConfigDict:
       # outputs). The reference trains with gradient checkpointing on (use_checkpoint=True).
       remat='none',
       # The attention core (gcd_jax/models/attention.py): 'auto' = Pallas flash on TPU, cuDNN on GPU (half
-      # precision), query-chunked on CPU; or 'xla' | 'flash' | 'cudnn' | 'chunked'. Same math; not stored
-      # with the weights' shapes, so it may differ between training and sampling.
+      # precision), the fused C++ kernel on CPU; or 'xla' | 'flash' | 'cudnn' | 'fused' | 'deferred'. Same
+      # math; not stored with the weights' shapes, so it may differ between training and sampling.
       attention='auto',
   ))
 
