@@ -18,10 +18,10 @@ from gcd_jax.train import sharding as sh
 from gcd_jax.train import train_step as ts
 from gcd_jax.train import trainer
 from tests.fixtures_evaluate import tiny_checkpoint  # noqa: F401  (session fixture)
-from tests.fixtures_train import tiny_config
+from tests.fixtures_train import INSTEP_ARG, INSTEP_OVERRIDES, tiny_config
 
 STEPS = 6
-EMA_DECAY = 0.75
+EMA_DECAY = INSTEP_OVERRIDES['optim.ema_decay']
 
 
 def test_logical_to_spec_hand_cases():
@@ -49,7 +49,7 @@ def test_logical_to_spec_hand_cases():
 def trained(tmp_path_factory, tiny_checkpoint):  # noqa: F811
   """A tiny in-step run on a (1, 8, 1) mesh: STEPS updates on ONE fixed batch of 8 videos × 3 frames,
   from `tiny_checkpoint`'s weights (network, VAE, CLIP), EMA on."""
-  cfg = tiny_config(init_checkpoint=tiny_checkpoint, **{'optim.lr': 1e-3, 'optim.ema_decay': EMA_DECAY})
+  cfg = tiny_config(INSTEP_ARG, init_checkpoint=tiny_checkpoint, **INSTEP_OVERRIDES)  # test_workdir's program too
   mesh = sh.make_mesh(cfg.mesh.shape, cfg.mesh.axes)
   builders, layouts = trainer.build_layouts(cfg)
   net_layout = layouts['network']
@@ -69,7 +69,9 @@ def trained(tmp_path_factory, tiny_checkpoint):  # noqa: F811
 
   def eval_loss(st):
     """Loss of `st` at step 0 with the run's key: same σ, noise, dropout → comparable across params."""
-    probe = jax.tree.map(jnp.copy, dict(st, step=jnp.zeros((), jnp.int32)))
+    # `st['step'] * 0`, not a fresh jnp.zeros: the probe's step must carry the state's sharding, or jit traces
+    # and compiles the train step a second time (~55 s) for the unsharded scalar.
+    probe = jax.tree.map(jnp.copy, dict(st, step=st['step'] * 0))
     return float(step(probe, frozen, gbatch)[1]['loss'])
 
   loss0 = eval_loss(state)

@@ -1,6 +1,7 @@
 """One loop: a training workdir is a model for `sample`, `evaluate` and `export` (gcd_jax/train/workdir.py).
 
-One tiny in-step run (1 device, EMA on, 2 steps, subprocess: `gcd-jax train`) then, in this process:
+One tiny in-step run (8 devices, EMA on, 2 steps, subprocess: `gcd-jax train`; the program of
+test_train_step.py, so it loads from the suite's compilation cache when that ran first) then, in this process:
 * resolve_model picks the latest step and EMA weights, exports once (no train step compiled) and reuses it;
   the exported network equals the checkpoint's EMA (or raw) params, its VAE / CLIP equal W/frozen;
 * --step N / --weights raw, and the errors for an unknown step or EMA on a run without it;
@@ -19,16 +20,17 @@ import numpy as np
 import pytest
 
 from tests.fixtures_evaluate import data_preset, eval_tfds, write_test_video  # noqa: F401
-from tests.fixtures_train import REPO, subprocess_env, train_cmd
+from tests.fixtures_train import INSTEP_ARG, INSTEP_DEVICES, INSTEP_OVERRIDES, REPO, subprocess_env, train_cmd
 
-CONFIG = 'configs/tiny.py:data=synthetic,steps=2,batch=2,frames=3'
-OVERRIDES = ['--config.optim.ema_decay=0.9', '--config.checkpoint.every_steps=1']
+CONFIG = f'configs/tiny.py:{INSTEP_ARG},steps=2'
+OVERRIDES = [f'--config.{k}={v}' for k, v in INSTEP_OVERRIDES.items()] + ['--config.checkpoint.every_steps=1']
 
 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp('run'))
-  env = subprocess_env(1, str(tmp_path_factory.mktemp('xla_cache')), quick_compile=True)
+  # XLA's default optimisation level (not quick_compile): the same compile options as the in-process program.
+  env = subprocess_env(INSTEP_DEVICES, str(tmp_path_factory.mktemp('xla_cache')))
   r = subprocess.run(train_cmd(wd, CONFIG, OVERRIDES), env=env, capture_output=True, text=True, timeout=900)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
   return dict(workdir=wd, env=env)
