@@ -33,7 +33,7 @@ import pytest
 SCENE = 'scn02900'
 NUM_FRAMES = 3
 BATCH = 2          # videos per step: the overfit run repeats its one clip, the camera run has one per delta
-STEPS = {'overfit': 130, 'camera': 120}
+STEPS = {'overfit': 150, 'camera': 80}
 LR = 2e-3
 DELTAS = ((60.0, 0.0, 0.0), (-60.0, 0.0, 0.0))  # (Δaz°, Δel°, Δr m), direct: only the sign of Δaz differs
 
