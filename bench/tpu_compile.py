@@ -164,6 +164,22 @@ def analyse(lowered, compiled, chip: dict, model_flops: float | None) -> dict:
   return out
 
 
+def out_of_memory(message: str) -> dict | None:
+  """The TPU compiler's refusal of a program that needs more HBM than the chip has (RESOURCE_EXHAUSTED, e.g.
+  'the total memory required for HLO temporaries (33.21G) exceeds available HBM (31.25G)') as a record:
+  fits False, what it asked for and what was available, in GiB. None for any other error."""
+  import re  # pylint: disable=g-import-not-at-top
+  if 'RESOURCE_EXHAUSTED' not in message and 'Ran out of memory' not in message:
+    return None
+  m = re.search(r'required for ([\w ]+?) \(([\d.]+)([KMGT])\) exceeds available HBM \(([\d.]+)([KMGT])\)', message)
+  out = dict(fits=False, error=message.strip().splitlines()[0][:300])
+  if m:
+    scale = {'K': 2.0 ** -20, 'M': 2.0 ** -10, 'G': 1.0, 'T': 2.0 ** 10}
+    out['refused'] = dict(what=m.group(1), required_gib=float(m.group(2)) * scale[m.group(3)],
+                          available_gib=float(m.group(4)) * scale[m.group(5)])
+  return out
+
+
 def lower(program):
   jitted, abstract_args = program
   return jitted.lower(*abstract_args)
@@ -211,7 +227,15 @@ def compile_one(args, cfg, mesh, chip, program: str, batch_per_chip: int) -> dic
   print(f'[tpu_compile] {program} lowered in {rec["lower_s"]} s; compiling for {args.topology} '
         f'({mesh.size} chips)...', flush=True)
   t0 = time.perf_counter()
-  compiled = lowered.compile()
+  try:
+    compiled = lowered.compile()
+  except Exception as e:  # pylint: disable=broad-except
+    rec['compile_s'] = round(time.perf_counter() - t0, 1)
+    oom = out_of_memory(str(e))
+    if oom is None:
+      raise
+    rec.update(oom)  # the TPU compiler refuses a program that exceeds the chip's HBM: a result, not a crash
+    return rec
   rec['compile_s'] = round(time.perf_counter() - t0, 1)
   model_flops = None
   if not args.no_model_flops:
@@ -259,9 +283,15 @@ def emit(rec: dict, path: str | None) -> None:
   if path:
     with open(path, 'a') as f:
       f.write(json.dumps(rec) + '\n')
-  r = rec['roofline']
   what = (f'{rec["videos_per_chip"]} video(s)/chip' if rec['program'] == 'train' else
           f'{rec["videos"]} video(s), {rec["steps"]} steps')
+  if 'roofline' not in rec:  # refused by the compiler (out_of_memory)
+    need = rec.get('refused', {})
+    print(f'SUMMARY {rec["program"]} {rec["model"]} on {rec["topology"]}×{rec["slices"]} ({what}): DOES NOT FIT, '
+          + (f'{need["what"]} need {need["required_gib"]:.2f} GiB of {need["available_gib"]:.2f} GiB available; '
+             if need else f'{rec["error"]}; ') + f'compile {rec["compile_s"]:.0f} s', flush=True)
+    return
+  r = rec['roofline']
   if 'full_call' in rec:  # the sampler: the whole 25-step call, not the program's one counted loop iteration
     r = dict(rec['full_call'])
     flops = r['tflops_per_chip']
@@ -304,17 +334,23 @@ def fit(args, cfg, mesh, chip) -> None:
   for b in (1, 2):
     recs[b] = compile_one(args, cfg, mesh, chip, 'train', b)
     emit(recs[b], args.json)
+  if not recs[2]['fits']:
+    print(f'FIT {chip["name"]}: largest videos/chip = {1 if recs[1]["fits"] else 0} (compiled)', flush=True)
+    return
   p1, p2 = recs[1]['per_chip_gib']['peak'], recs[2]['per_chip_gib']['peak']
   slope = max(p2 - p1, 1e-6)
   guess = int((chip['hbm_gib'] - (p1 - slope)) // slope)
+  # The peak is not exactly affine (v6e:2x4: 1 → 2 videos added 5.60 GiB, but 5 videos needed 33.2 GiB of
+  # temporaries, not the 30.4 the line predicts), so the guess is compiled and stepped down until one fits.
   while guess > 2:
     rec = compile_one(args, cfg, mesh, chip, 'train', guess)
     emit(rec, args.json)
     if rec['fits']:
       break
     guess -= 1
-  print(f'FIT {chip["name"]}: largest videos/chip ≈ {max(guess, 1 if recs[1]["fits"] else 0)} '
-        f'(peak {p1:.2f} GiB at 1, +{slope:.2f} GiB per video)', flush=True)
+  largest = max(guess, 2)
+  print(f'FIT {chip["name"]}: largest videos/chip = {largest} (compiled; peak {p1:.2f} GiB at 1, '
+        f'+{slope:.2f} GiB per video from 1 to 2)', flush=True)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,38 @@
+"""bench/tpu_compile.py's handling of a program the TPU compiler refuses for lack of HBM (no libtpu needed).
+
+A `--fit` search compiles batch sizes past the chip's memory on purpose; the compiler's RESOURCE_EXHAUSTED is
+then a result (fits: false, what was asked for), recorded and summarised, and the search steps down."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from tests.fixtures_train import REPO
+
+# The message libtpu 0.0.42 gave for the full-size train step at 5 videos/chip on v6e:2x4.
+MESSAGE = ('RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (33.21G) '
+           'exceeds available HBM (31.25G).')
+
+
+def _bench():
+  spec = importlib.util.spec_from_file_location('tpu_compile', os.path.join(REPO, 'bench', 'tpu_compile.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_out_of_memory_is_a_record_and_a_summary(capsys, tmp_path):
+  bench = _bench()
+  rec = bench.out_of_memory(MESSAGE)
+  assert rec['fits'] is False
+  assert rec['refused'] == dict(what='HLO temporaries', required_gib=33.21, available_gib=31.25)
+  assert bench.out_of_memory('INTERNAL: unrelated failure') is None  # other errors still raise
+  assert bench.out_of_memory('RESOURCE_EXHAUSTED: 512.00M needed')['fits'] is False  # unparsed sizes
+  path = tmp_path / 'records.jsonl'
+  bench.emit(dict(topology='v6e:2x4', slices=1, program='train', model='gcd', videos_per_chip=5, compile_s=1660.0,
+                  **rec), str(path))
+  out = capsys.readouterr().out
+  assert ('SUMMARY train gcd on v6e:2x4×1 (5 video(s)/chip): DOES NOT FIT, HLO temporaries need 33.21 GiB of '
+          '31.25 GiB available') in out
+  assert path.read_text().count('\n') == 1
