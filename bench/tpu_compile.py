@@ -171,12 +171,18 @@ def out_of_memory(message: str) -> dict | None:
   import re  # pylint: disable=g-import-not-at-top
   if 'RESOURCE_EXHAUSTED' not in message and 'Ran out of memory' not in message:
     return None
-  m = re.search(r'required for ([\w ]+?) \(([\d.]+)([KMGT])\) exceeds available HBM \(([\d.]+)([KMGT])\)', message)
+  scale = {'K': 2.0 ** -20, 'M': 2.0 ** -10, 'G': 1.0, 'T': 2.0 ** 10}
   out = dict(fits=False, error=message.strip().splitlines()[0][:300])
+  m = re.search(r'required for ([\w ]+?) \(([\d.]+)([KMGT])\) exceeds available HBM \(([\d.]+)([KMGT])\)', message)
   if m:
-    scale = {'K': 2.0 ** -20, 'M': 2.0 ** -10, 'G': 1.0, 'T': 2.0 ** 10}
     out['refused'] = dict(what=m.group(1), required_gib=float(m.group(2)) * scale[m.group(3)],
                           available_gib=float(m.group(4)) * scale[m.group(5)])
+  # The other form (CompileTimeHbmOom): 'Used 31.25G of 31.25G hbm. Exceeded hbm capacity by 2.51M.'
+  m = re.search(r'Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm\. Exceeded hbm capacity by ([\d.]+)([KMGT])', message)
+  if m and 'refused' not in out:
+    available = float(m.group(3)) * scale[m.group(4)]
+    out['refused'] = dict(what='the program', required_gib=available + float(m.group(5)) * scale[m.group(6)],
+                          available_gib=available)
   return out
 
 

@@ -27,6 +27,12 @@ def test_out_of_memory_is_a_record_and_a_summary(capsys, tmp_path):
   rec = bench.out_of_memory(MESSAGE)
   assert rec['fits'] is False
   assert rec['refused'] == dict(what='HLO temporaries', required_gib=33.21, available_gib=31.25)
+  # The form it gave at 4 videos/chip: over by 2.51 MiB.
+  over = bench.out_of_memory('RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: XLA:TPU compile permanent error. Ran '
+                             'out of memory in memory space hbm. Used 31.25G of 31.25G hbm. Exceeded hbm capacity '
+                             'by 2.51M.\n\nTotal hbm usage >= 31.50G:')
+  assert over['fits'] is False and over['refused']['available_gib'] == 31.25
+  assert abs(over['refused']['required_gib'] - (31.25 + 2.51 / 1024)) < 1e-9
   assert bench.out_of_memory('INTERNAL: unrelated failure') is None  # other errors still raise
   assert bench.out_of_memory('RESOURCE_EXHAUSTED: 512.00M needed')['fits'] is False  # unparsed sizes
   path = tmp_path / 'records.jsonl'
