@@ -84,7 +84,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                       'and compile that count to confirm')
   p.add_argument('--no-model-flops', action='store_true', help='skip the remat-free lowering (MFU numerator)')
   p.add_argument('--json', default=None, help='also append the records to this file (JSON lines)')
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  for name, least in (('slices', 1), ('batch_per_chip', 1), ('chips', 0), ('frames', 1), ('height', 8),
+                      ('width', 8), ('steps', 1)):
+    if getattr(args, name) < least:
+      p.error(f'--{name.replace("_", "-")} {getattr(args, name)}: must be at least {least}')
+  if args.height % 8 or args.width % 8:
+    p.error(f'--height {args.height} --width {args.width}: frame sides must be multiples of 8 (the VAE '
+            'downsamples by up to 8; the reference uses 256 × 384)')
+  return args
 
 
 def setup_env() -> None:

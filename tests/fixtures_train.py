@@ -19,7 +19,7 @@ INSTEP_OVERRIDES = {'optim.lr': 1e-3, 'optim.ema_decay': 0.75}
 INSTEP_DEVICES = 8
 
 
-def tiny_config(arg: str = 'data=synthetic,batch=8,frames=3', **overrides):
+def tiny_config(arg: str = INSTEP_ARG, **overrides):
   from configs import tiny  # pylint: disable=g-import-not-at-top
   cfg = tiny.get_config(arg)
   for k, v in overrides.items():

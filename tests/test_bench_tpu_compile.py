@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib.util
 import os
 
+import pytest
+
 from tests.fixtures_train import REPO
 
 # The message libtpu 0.0.42 gave for the full-size train step at 5 videos/chip on v6e:2x4.
@@ -42,3 +44,14 @@ def test_out_of_memory_is_a_record_and_a_summary(capsys, tmp_path):
   assert ('SUMMARY train gcd on v6e:2x4×1 (5 video(s)/chip): DOES NOT FIT, HLO temporaries need 33.21 GiB of '
           '31.25 GiB available') in out
   assert path.read_text().count('\n') == 1
+
+
+def test_bad_arguments_are_one_line(capsys):
+  bench = _bench()
+  for argv, want in ((['--batch-per-chip', '0'], '--batch-per-chip 0: must be at least 1'),
+                     (['--height', '100'], 'multiples of 8')):
+    with pytest.raises(SystemExit) as e:
+      bench.parse_args(argv)
+    assert e.value.code == 2
+    assert want in capsys.readouterr().err
+  assert bench.parse_args(['--fit']).batch_per_chip == 1
