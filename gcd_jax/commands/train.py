@@ -46,6 +46,11 @@ def run(args) -> int:
     print(f'[train] exported step {result["step"]} to {out}', flush=True)
   if jax.process_index() == 0:
     print(json.dumps(dict(status=result['status'], step=result['step'], **result['metrics'])), flush=True)
+  return exit_code(result)
+
+
+def exit_code(result: dict) -> int:
+  """143 after SIGTERM (128 + 15, what schedulers expect of a preempted job), 130 after Ctrl-C, else 0."""
   return {'preempted': 143, 'interrupted': 130}.get(result['status'], 0)
 
 

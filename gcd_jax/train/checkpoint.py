@@ -108,6 +108,11 @@ class Preemption:
       self._old = {s: signal.signal(s, handler) for s in self.SIGNALS}
     return self
 
+  @property
+  def status(self) -> str:
+    """The run's status after a signal: 'interrupted' (Ctrl-C, exit 130) or 'preempted' (SIGTERM, exit 143)."""
+    return 'interrupted' if self.signal_name == 'SIGINT' else 'preempted'
+
   def uninstall(self):
     for s, old in self._old.items():
       signal.signal(s, old)

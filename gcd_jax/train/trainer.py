@@ -411,7 +411,7 @@ def train(config, workdir: str, *, log=None) -> dict:
         manager.wait_until_finished()
         log(f'[train] {preemption.signal_name}: checkpoint for step {step} committed; exiting (rerun the same '
             'command to resume)')
-        status = 'interrupted' if preemption.signal_name == 'SIGINT' else 'preempted'
+        status = preemption.status
         break
       maybe_preview(step)
       if step < config.total_steps:
