@@ -1,6 +1,7 @@
 """Evidence that training learns the task: a model trained by the project's train step regenerates views.
 
-Both tests train a fresh `demo`-preset U-Net (random init) with the project's own train step
+Both tests train a fresh U-Net (random init; the `demo` preset with two levels instead of three, `U_NET`
+below) with the project's own train step
 (`train_step.make_train_step` under `jit_train_step`, the program `gcd-jax train` runs, here with
 `features='precomputed'`: the frozen CLIP / VAE-encoder features of the one clip are computed once by the same
 Conditioner / VAE calls the in-step path makes, which keeps the compile short; posterior sampling, scaling,
@@ -35,6 +36,11 @@ NUM_FRAMES = 3
 BATCH = 2          # videos per step: the overfit run repeats its one clip, the camera run has one per delta
 STEPS = {'overfit': 150, 'camera': 80}
 LR = 2e-3
+# The demo preset's U-Net with the tiny preset's two levels (32/64 channels), attention at the 8×12 latent
+# level: the train step compiles in ~52 s instead of ~100 s and runs 0.44 s a step instead of 0.41. Measured
+# on this module alone (2-core VM, 2026-12-06): overfit 26.79 dB at 150 steps (the demo U-Net 26.71), camera
+# 22.52 / 22.88 vs 17.08 / 16.67 dB at 80 steps; module 207 s instead of 251 s.
+U_NET = dict(channel_mult=(1, 2), attention_resolutions=(2,))
 DELTAS = ((60.0, 0.0, 0.0), (-60.0, 0.0, 0.0))  # (Δaz°, Δel°, Δr m), direct: only the sign of Δaz differs
 
 
@@ -64,6 +70,7 @@ def setting(tmp_path_factory):
 
   config = demo.get_config()
   config.model.num_frames = NUM_FRAMES
+  config.model.unet.update(U_NET)
   config.batch_size = BATCH
   config.optim.lr, config.optim.warmup_steps, config.optim.ema_decay = LR, 0, 0.0
   config.features = 'precomputed'
