@@ -356,14 +356,18 @@ def fit(args, cfg, mesh, chip) -> None:
   guess = int((chip['hbm_gib'] - (p1 - slope)) // slope)
   # The peak is not exactly affine (v6e:2x4: 1 → 2 videos added 5.60 GiB, but 5 videos needed 33.2 GiB of
   # temporaries, not the 30.4 the line predicts), so the guess is compiled and stepped down until one fits.
+  refused = None  # the smallest count the compiler refused
   while guess > 2:
     rec = compile_one(args, cfg, mesh, chip, 'train', guess)
     emit(rec, args.json)
     if rec['fits']:
       break
+    refused = guess
     guess -= 1
   largest = max(guess, 2)
-  print(f'FIT {chip["name"]}: largest videos/chip = {largest} (compiled; peak {p1:.2f} GiB at 1, '
+  # Exact only when the next count up was refused; when the extrapolated count fits at once, more was not tried.
+  answer = f'= {largest}' if refused == largest + 1 else f'≥ {largest} ({largest + 1} not compiled)'
+  print(f'FIT {chip["name"]}: largest videos/chip {answer} (peak {p1:.2f} GiB at 1, '
         f'+{slope:.2f} GiB per video from 1 to 2)', flush=True)
 
 

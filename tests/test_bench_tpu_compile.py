@@ -5,6 +5,7 @@ then a result (fits: false, what was asked for), recorded and summarised, and th
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 
@@ -55,3 +56,26 @@ def test_bad_arguments_are_one_line(capsys):
     assert e.value.code == 2
     assert want in capsys.readouterr().err
   assert bench.parse_args(['--fit']).batch_per_chip == 1
+
+
+@pytest.mark.parametrize('fits_up_to,want', [(3, 'largest videos/chip = 3'), (9, 'largest videos/chip ≥ 5 (6 not')])
+def test_fit_steps_down_and_says_when_the_count_is_exact(capsys, monkeypatch, fits_up_to, want):
+  """`--fit` with the compiler stubbed by v6e:2x4's figures (7.95 GiB at 1 video, 13.55 at 2: the line predicts 5
+  on 32 GiB). Compiles refused above `fits_up_to`: stepping down from 5 to 3 finds the exact largest count; a
+  guess that fits at once is only a lower bound, and the summary says so."""
+  bench = _bench()
+  compiled = []
+
+  def compile_one(args, cfg, mesh, chip, program, b):
+    del args, cfg, mesh, chip
+    compiled.append(b)
+    base = dict(topology='v6e:2x4', slices=1, program=program, model='gcd', videos_per_chip=b, compile_s=1.0)
+    if b > fits_up_to:
+      return dict(base, **bench.out_of_memory(MESSAGE))
+    return dict(base, fits=True, per_chip_gib=dict(peak=7.95 + 5.6 * (b - 1)))
+
+  monkeypatch.setattr(bench, 'compile_one', compile_one)
+  monkeypatch.setattr(bench, 'emit', lambda rec, path: None)
+  bench.fit(argparse.Namespace(json=None), None, None, dict(name='v6e', hbm_gib=32))
+  assert compiled == ([1, 2, 5, 4, 3] if fits_up_to == 3 else [1, 2, 5])
+  assert f'FIT v6e: {want}' in capsys.readouterr().out
