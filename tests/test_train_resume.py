@@ -16,8 +16,9 @@ XLA_FLAGS each), all compared with ONE uninterrupted reference run (1 process ×
   only in how the 8-way collectives are carried out (in-process vs gloo across processes), hence a tight
   tolerance rather than bit equality.
 
-The tiny preset with a one-level, one-ResBlock U-Net (`U_NET` below: what is tested here is the trainer, not
-the network; the program compiles in half the time and loads from the cache in half the time), real GCD loss;
+The tiny preset with a one-level, one-ResBlock U-Net (`SMALL_U_NET` in tests/fixtures_train.py: what is tested
+here is the trainer, not the network; the program compiles in half the time and loads from the cache in half the
+time), real GCD loss;
 the frozen CLIP/VAE features are precomputed (synthetic) here to keep compile time down — the in-step path is
 covered by test_train_step.py. All runs share a persistent XLA compilation cache, and LLVM compiles at -O0 (a
 few steps each: compiling is most of their time).
@@ -35,12 +36,12 @@ import sys
 import numpy as np
 import pytest
 
-from tests.fixtures_train import REPO, committed_steps, read_losses, subprocess_env, train_cmd, wait_for
+from tests.fixtures_train import (REPO, SMALL_U_NET, committed_steps, override_flags, read_losses, subprocess_env,
+                                  train_cmd, wait_for)
 
 CONFIG = 'configs/tiny.py:data=synthetic,steps=8,batch=8,frames=3'
-U_NET = ['--config.model.unet.channel_mult=(1,)', '--config.model.unet.num_res_blocks=1']
 OVERRIDES = ['--config.features=precomputed', '--config.checkpoint.every_steps=2',
-             '--config.checkpoint.max_to_keep=0', *U_NET]
+             '--config.checkpoint.max_to_keep=0', *override_flags(SMALL_U_NET)]
 
 
 @pytest.fixture(scope='module')

@@ -1,5 +1,6 @@
-"""Train step on 8 fake CPU devices: sharding rules on every leaf, loss decrease on a fixed batch (real tiny
-GCD network + real GCD loss, CLIP and VAE in the step), the NaN guard, restore onto a different mesh.
+"""Train step on 8 fake CPU devices: sharding rules on every leaf, loss decrease on a fixed batch (real GCD
+network, the tiny preset with a one-level U-Net, + real GCD loss, CLIP and VAE in the step), the NaN guard,
+restore onto a different mesh.
 
 The run starts from a model checkpoint (`init_checkpoint`, as from `gcd-jax convert`) with EMA on, so one
 compile also checks that every weight comes from the checkpoint and the EMA recursion."""
@@ -17,7 +18,6 @@ from gcd_jax.train import input as input_lib
 from gcd_jax.train import sharding as sh
 from gcd_jax.train import train_step as ts
 from gcd_jax.train import trainer
-from tests.fixtures_evaluate import tiny_checkpoint  # noqa: F401  (session fixture)
 from tests.fixtures_train import INSTEP_ARG, INSTEP_OVERRIDES, tiny_config
 
 STEPS = 6
@@ -46,10 +46,18 @@ def test_logical_to_spec_hand_cases():
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory, tiny_checkpoint):  # noqa: F811
+def init_checkpoint(tmp_path_factory):
+  """A model checkpoint (as from `gcd-jax convert`) with seeded random weights for the run's model."""
+  from tests import fixtures_models  # pylint: disable=g-import-not-at-top
+  model_cfg = tiny_config(INSTEP_ARG, **INSTEP_OVERRIDES).model
+  return fixtures_models.write_random_checkpoint(str(tmp_path_factory.mktemp('init') / 'tiny'), model_cfg, seed=0)
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, init_checkpoint):
   """A tiny in-step run on a (1, 8, 1) mesh: STEPS updates on ONE fixed batch of 8 videos × 3 frames,
-  from `tiny_checkpoint`'s weights (network, VAE, CLIP), EMA on."""
-  cfg = tiny_config(INSTEP_ARG, init_checkpoint=tiny_checkpoint, **INSTEP_OVERRIDES)  # test_workdir's program too
+  from `init_checkpoint`'s weights (network, VAE, CLIP), EMA on."""
+  cfg = tiny_config(INSTEP_ARG, init_checkpoint=init_checkpoint, **INSTEP_OVERRIDES)  # test_workdir's program too
   mesh = sh.make_mesh(cfg.mesh.shape, cfg.mesh.axes)
   builders, layouts = trainer.build_layouts(cfg)
   net_layout = layouts['network']
@@ -85,11 +93,11 @@ def trained(tmp_path_factory, tiny_checkpoint):  # noqa: F811
               history=history, tmp=tmp_path_factory.mktemp('train_step'))
 
 
-def test_starts_from_the_checkpoint_and_tracks_ema(trained, tiny_checkpoint):  # noqa: F811
+def test_starts_from_the_checkpoint_and_tracks_ema(trained, init_checkpoint):
   """Every trainable and frozen weight at step 0 is the checkpoint's; EMA_k = d·EMA_{k−1} + (1 − d)·params_k
   with EMA_0 = the initial weights (GCD trains without EMA, §3; the option follows the usual recursion)."""
   from gcd_jax.convert import checkpoint_io  # pylint: disable=g-import-not-at-top
-  network, vae, clip = checkpoint_io.restore_model_checkpoint(tiny_checkpoint, shardings=None)
+  network, vae, clip = checkpoint_io.restore_model_checkpoint(init_checkpoint, shardings=None)
   stored = ts.ParamLayout.of(network).flat(network)
   h = trained['history']
   assert set(h[0]['params']) == set(stored)

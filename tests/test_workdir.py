@@ -20,10 +20,11 @@ import numpy as np
 import pytest
 
 from tests.fixtures_evaluate import data_preset, eval_tfds, write_test_video  # noqa: F401
-from tests.fixtures_train import INSTEP_ARG, INSTEP_DEVICES, INSTEP_OVERRIDES, REPO, subprocess_env, train_cmd
+from tests.fixtures_train import (INSTEP_ARG, INSTEP_DEVICES, INSTEP_OVERRIDES, REPO, override_flags, subprocess_env,
+                                  train_cmd)
 
 CONFIG = f'configs/tiny.py:{INSTEP_ARG},steps=2'
-OVERRIDES = [f'--config.{k}={v}' for k, v in INSTEP_OVERRIDES.items()] + ['--config.checkpoint.every_steps=1']
+OVERRIDES = override_flags(INSTEP_OVERRIDES) + ['--config.checkpoint.every_steps=1']
 
 
 @pytest.fixture(scope='module')
@@ -97,10 +98,12 @@ def test_sample_evaluate_export_take_the_workdir(run, eval_tfds, tmp_path):  # n
   assert (tmp_path / 'hf' / 'unet' / 'config.json').exists()
 
 
-def test_train_export_on_a_finished_run_compiles_nothing(run, tmp_path):
+def test_train_export_on_a_finished_run_compiles_nothing(run, tmp_path, capsys, monkeypatch):
+  # In process (the same `gcd-jax train` command line, without a new interpreter): nothing here compiles.
   out = str(tmp_path / 'exported')
-  r = subprocess.run(train_cmd(run['workdir'], CONFIG, OVERRIDES) + ['--export', out], env=run['env'],
-                     capture_output=True, text=True, timeout=600, cwd=REPO)
-  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-  assert 'already at step 2 of 2' in r.stdout and 'compiling the train step' not in r.stdout
+  monkeypatch.chdir(REPO)
+  argv = train_cmd(run['workdir'], CONFIG, OVERRIDES)[4:] + ['--export', out]  # after `python -u -m MODULE`
+  assert _cli('train', *argv) == 0
+  stdout = capsys.readouterr().out
+  assert 'already at step 2 of 2' in stdout and 'compiling the train step' not in stdout, stdout
   assert os.path.isfile(os.path.join(out, 'metadata.json'))
