@@ -2,9 +2,9 @@
 
 Browser test: `gcd-jax app` (the packaged demo model) runs in a subprocess on a free local port; headless
 Chromium (Debian's chromium + chromium-driver, through Selenium) loads the page, is refused a file that is not
-a video (message in the page), uploads a procedural clip the test renders, moves the Δelevation slider with the
-keyboard, presses Generate, waits for the result video, moves the slider to the other side, generates again,
-and checks that the generated frames differ between the two camera moves. Two requests sent at once through
+a video (message in the page), uploads a procedural clip the test renders, sets 8 sampler steps and moves the
+Δelevation slider with the keyboard, presses Generate, waits for the result video, moves the slider to the
+other side, generates again, and checks that the generated frames differ between the two camera moves. Two requests sent at once through
 Gradio's client both complete (queued, not dropped), and the server refuses files outside its output folder.
 A screenshot of the page after generation goes to $GCD_JAX_APP_SCREENSHOT when set (docs/images/app.png).
 
@@ -28,6 +28,7 @@ from tests.fixtures_train import REPO
 
 CHROMIUM = shutil.which('chromium') or '/usr/bin/chromium'
 CHROMEDRIVER = shutil.which('chromedriver') or '/usr/bin/chromedriver'
+STEPS = 8  # sampler steps of the browser tests' requests (the page's default is 25)
 
 
 def _clip(path: str, scene: int = 293, frames: int = 12) -> str:
@@ -190,6 +191,11 @@ def test_page_generates_and_follows_the_camera(server, browser, tmp_path):
   upload[0].send_keys(_clip(str(tmp_path / 'clip.mp4')))
   _wait(lambda: d.find_elements(By.CSS_SELECTOR, '#input_video video'), 60, 'the uploaded video', server)
 
+  # Fewer sampler steps (the 'advanced' section): the queue test below asks for the same, so the server
+  # compiles one sampling program for both tests.
+  d.find_element(By.XPATH, "//button[.//*[normalize-space(text())='advanced'] or normalize-space(text())='advanced']"
+                 ).click()
+  _set_slider(d, 'steps', STEPS)
   # The camera moves down, then up (Δazimuth stays at the page's 60°). Elevation, not the azimuth's sign: the
   # demo model draws +Δaz and −Δaz alike (docs/demo_model.md, "What the demo model has not learned").
   _set_slider(d, 'elevation', -25)
@@ -215,9 +221,11 @@ def test_requests_are_queued_and_files_are_private(server, browser):
   from gradio_client import Client, handle_file  # pylint: disable=g-import-not-at-top
   client = Client(server['url'], verbose=False)
   clip = os.path.join(server['out'], 'examples', sorted(os.listdir(os.path.join(server['out'], 'examples')))[0])
-  jobs = [client.submit(handle_file(clip), az, 0, 0, 'direct', 1, 0, 2, 4, api_name='/run') for az in (-45, 45)]
+  # The page test's settings (2 samples, frame stride 2, STEPS steps): its compiled sampler serves these too.
+  jobs = [client.submit(handle_file(clip), az, 0, 0, 'direct', 2, 0, 2, STEPS, api_name='/run') for az in (-45, 45)]
   outs = [j.result(timeout=600) for j in jobs]
   assert all(o[2].startswith('camera move') for o in outs), outs
+  assert server['log'].read_text().count('compiling the sampler') == 1  # one program for all four requests
   for path in ('/etc/passwd', os.path.join(REPO, 'README.md')):
     with pytest.raises(urllib.error.HTTPError):
       urllib.request.urlopen(server['url'] + 'gradio_api/file=' + path, timeout=10)
