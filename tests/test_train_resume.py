@@ -8,7 +8,8 @@ XLA_FLAGS each), all compared with ONE uninterrupted reference run (1 process ×
   chain starts with it (SIGTERM, resume, SIGKILL, resume). SIGINT (Ctrl-C) takes the same path with exit code
   130 (its handler and exit code are checked in process, test_sigint_is_ctrl_c);
 * metrics.jsonl holds each step once after a resume;
-* resuming a finished workdir with a different config is refused (one line, exit 2, nothing rewritten);
+* resuming a finished workdir with a different config is refused (one line, exit 2, nothing rewritten; in
+  process, through the console script's `cli.main`: neither of its runs compiles);
 * multi-host on one machine: 2 processes × 4 fake CPU devices (jax.distributed on 127.0.0.1, a free port,
   launched by launch/local_multiprocess.py) log the losses of the reference run. Each host reads its own data
   shard (examples s, s+2, ...) and feeds it as its slice of the global batch; randomness is keyed by the
@@ -111,21 +112,22 @@ def test_preempt_kill_resume_gives_identical_losses(tmp_path, cache, reference):
   assert logged == sorted(set(logged)), logged  # each step once, although the steps after the kill ran twice
 
 
-def test_resume_with_another_config_is_refused(tmp_path, cache, reference):
+def test_resume_with_another_config_is_refused(tmp_path, reference, capsys, monkeypatch):
+  """In process (`gcd_jax.cli.main`, the console script's code path): neither run gets as far as a compile."""
+  from gcd_jax import cli  # pylint: disable=g-import-not-at-top
   wd = str(tmp_path / 'changed')
   shutil.copytree(reference['workdir'], wd)  # a finished run (a copy: the other tests keep the original)
-  env = subprocess_env(8, cache, quick_compile=True)
+  monkeypatch.chdir(REPO)
+  argv = lambda config, extra=(): ['train'] + train_cmd(wd, config, OVERRIDES + list(extra))[4:]  # noqa: E731
   before = open(os.path.join(wd, 'config.json')).read()
-  r = subprocess.run(train_cmd(wd, CONFIG.replace('batch=8', 'batch=16'), OVERRIDES), env=env, capture_output=True,
-                     text=True, timeout=300)
-  assert r.returncode == 2, r.stderr[-3000:]
-  assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-  assert 'batch_size: 8 → 16' in r.stderr and 'resume_with_changes' in r.stderr
+  assert cli.main(argv(CONFIG.replace('batch=8', 'batch=16'))) == 2
+  err = capsys.readouterr().err
+  assert len(err.strip().splitlines()) == 1, err
+  assert 'batch_size: 8 → 16' in err and 'resume_with_changes' in err
   assert open(os.path.join(wd, 'config.json')).read() == before
   # The user may insist; longer runs (total_steps) never need it.
-  r = subprocess.run(train_cmd(wd, CONFIG.replace('steps=8', 'steps=8'), OVERRIDES + ['--config.total_steps=8']),
-                     env=env, capture_output=True, text=True, timeout=300)
-  assert r.returncode == 0 and 'already at step 8' in r.stdout, r.stderr[-2000:]
+  assert cli.main(argv(CONFIG, ['--config.total_steps=8'])) == 0
+  assert 'already at step 8' in capsys.readouterr().out
 
 
 def test_sigint_is_ctrl_c():
