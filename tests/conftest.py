@@ -27,8 +27,8 @@ flags.FLAGS.mark_as_parsed()  # Grain worker processes read absl flags.
 # at the end (longest-processing-time-first scheduling). Measured durations: docs/performance.md, "Test suite".
 # test_train_step comes first: test_workdir's `gcd-jax train` runs its program, and loads it from the suite's
 # compilation cache only if test_train_step has compiled it by then (else both workers compile it at once).
-SLOWEST_FIRST = ('test_train_step', 'test_learning', 'test_train_resume', 'test_workdir', 'test_unet', 'test_app',
-                 'test_readme', 'test_evaluate', 'test_cli', 'test_diffusion_sampler_tiny')
+SLOWEST_FIRST = ('test_train_step', 'test_train_resume', 'test_learning', 'test_unet', 'test_workdir', 'test_app',
+                 'test_readme', 'test_evaluate', 'test_attention', 'test_diffusion_sampler_tiny', 'test_cli')
 
 
 def pytest_collection_modifyitems(items):
