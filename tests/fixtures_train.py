@@ -62,9 +62,13 @@ def subprocess_env(devices: int, cache_dir: str, quick_compile: bool = False) ->
   return env
 
 
+def train_args(workdir: str, config: str, overrides=()) -> list[str]:
+  """The arguments of `gcd-jax train` (for `cli.main(['train', *args])` in process, or after the module)."""
+  return ['--config', os.path.join(REPO, config), '--workdir', workdir, *overrides]
+
+
 def train_cmd(workdir: str, config: str, overrides=()) -> list[str]:
-  return [sys.executable, '-u', '-m', 'gcd_jax.commands.train', '--config', os.path.join(REPO, config),
-          '--workdir', workdir, *overrides]
+  return [sys.executable, '-u', '-m', 'gcd_jax.commands.train', *train_args(workdir, config, overrides)]
 
 
 def read_losses(workdir: str) -> dict[int, float]:

@@ -4,8 +4,9 @@ Browser test: `gcd-jax app` (the packaged demo model) runs in a subprocess on a 
 Chromium (Debian's chromium + chromium-driver, through Selenium) loads the page, is refused a file that is not
 a video (message in the page), uploads a procedural clip the test renders, sets 8 sampler steps and moves the
 Δelevation slider with the keyboard, presses Generate, waits for the result video, moves the slider to the
-other side, generates again, and checks that the generated frames differ between the two camera moves. Two requests sent at once through
-Gradio's client both complete (queued, not dropped), and the server refuses files outside its output folder.
+other side, generates again, and checks that the generated frames differ between the two camera moves. Two
+requests sent at once through Gradio's client both complete (queued, not dropped), and the server refuses files
+outside its output folder.
 A screenshot of the page after generation goes to $GCD_JAX_APP_SCREENSHOT when set (docs/images/app.png).
 
 The browser test is skipped only when Chromium or ChromeDriver is not installed (`.ci/run` installs them).

@@ -1,5 +1,7 @@
 """Model presets build and validate; invalid configs fail with a message that names the problem."""
 
+import re
+
 import pytest
 
 from gcd_jax.models import presets as models
@@ -50,6 +52,17 @@ def test_indivisible_channels_and_unknown_keys():
   cfg = models.get_config('tiny')
   cfg.clip.num_heads = 5
   with pytest.raises(ConfigError, match='CLIP hidden_size 32 not divisible by num_heads=5'):
+    validate_model_config(cfg)
+
+
+@pytest.mark.parametrize('key,value,words', [('unet.num_res_blocks', 0, 'unet.num_res_blocks=0 must be an integer'),
+                                             ('unet.channel_mult', (), 'unet.channel_mult=() must be a non-empty'),
+                                             ('vae.layers_per_block', -1, 'vae.layers_per_block=-1')])
+def test_zero_or_empty_block_counts(key, value, words):
+  cfg = models.get_config('tiny')
+  section, field = key.split('.')
+  cfg[section][field] = value
+  with pytest.raises(ConfigError, match=re.escape(words)):
     validate_model_config(cfg)
 
 

@@ -38,7 +38,7 @@ import numpy as np
 import pytest
 
 from tests.fixtures_train import (REPO, SMALL_U_NET, committed_steps, override_flags, read_losses, subprocess_env,
-                                  train_cmd, wait_for)
+                                  train_args, train_cmd, wait_for)
 
 CONFIG = 'configs/tiny.py:data=synthetic,steps=8,batch=8,frames=3'
 OVERRIDES = ['--config.features=precomputed', '--config.checkpoint.every_steps=2',
@@ -118,15 +118,14 @@ def test_resume_with_another_config_is_refused(tmp_path, reference, capsys, monk
   wd = str(tmp_path / 'changed')
   shutil.copytree(reference['workdir'], wd)  # a finished run (a copy: the other tests keep the original)
   monkeypatch.chdir(REPO)
-  argv = lambda config, extra=(): ['train'] + train_cmd(wd, config, OVERRIDES + list(extra))[4:]  # noqa: E731
   before = open(os.path.join(wd, 'config.json')).read()
-  assert cli.main(argv(CONFIG.replace('batch=8', 'batch=16'))) == 2
+  assert cli.main(['train', *train_args(wd, CONFIG.replace('batch=8', 'batch=16'), OVERRIDES)]) == 2
   err = capsys.readouterr().err
   assert len(err.strip().splitlines()) == 1, err
   assert 'batch_size: 8 → 16' in err and 'resume_with_changes' in err
   assert open(os.path.join(wd, 'config.json')).read() == before
   # The user may insist; longer runs (total_steps) never need it.
-  assert cli.main(argv(CONFIG, ['--config.total_steps=8'])) == 0
+  assert cli.main(['train', *train_args(wd, CONFIG, [*OVERRIDES, '--config.total_steps=8'])]) == 0
   assert 'already at step 8' in capsys.readouterr().out
 
 
@@ -154,7 +153,7 @@ def test_two_processes_match_one_process(tmp_path, cache, reference):
   sys.path.insert(0, os.path.join(REPO, 'launch'))
   import local_multiprocess  # pylint: disable=g-import-not-at-top
   multi = str(tmp_path / 'multi')
-  args = train_cmd(multi, CONFIG.replace('steps=8', 'steps=3'), OVERRIDES)[4:]  # drop `python -u -m …train`
+  args = train_args(multi, CONFIG.replace('steps=8', 'steps=3'), OVERRIDES)
   procs = local_multiprocess.launch(2, 4, args, log_dir=str(tmp_path / 'logs'),
                                     env=subprocess_env(4, cache, quick_compile=True))
   code = local_multiprocess.wait_all(procs, timeout=900)

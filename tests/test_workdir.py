@@ -21,7 +21,7 @@ import pytest
 
 from tests.fixtures_evaluate import data_preset, eval_tfds, write_test_video  # noqa: F401
 from tests.fixtures_train import (INSTEP_ARG, INSTEP_DEVICES, INSTEP_OVERRIDES, REPO, override_flags, subprocess_env,
-                                  train_cmd)
+                                  train_args, train_cmd)
 
 CONFIG = f'configs/tiny.py:{INSTEP_ARG},steps=2'
 OVERRIDES = override_flags(INSTEP_OVERRIDES) + ['--config.checkpoint.every_steps=1']
@@ -102,8 +102,7 @@ def test_train_export_on_a_finished_run_compiles_nothing(run, tmp_path, capsys, 
   # In process (the same `gcd-jax train` command line, without a new interpreter): nothing here compiles.
   out = str(tmp_path / 'exported')
   monkeypatch.chdir(REPO)
-  argv = train_cmd(run['workdir'], CONFIG, OVERRIDES)[4:] + ['--export', out]  # after `python -u -m MODULE`
-  assert _cli('train', *argv) == 0
+  assert _cli('train', *train_args(run['workdir'], CONFIG, OVERRIDES), '--export', out) == 0
   stdout = capsys.readouterr().out
   assert 'already at step 2 of 2' in stdout and 'compiling the train step' not in stdout, stdout
   assert os.path.isfile(os.path.join(out, 'metadata.json'))

@@ -47,6 +47,18 @@ def validate_model_config(cfg: ml_collections.ConfigDict) -> None:
     raise ConfigError('invalid model config: ' + '; '.join(problems))
 
   u, v, c = cfg.unet, cfg.vae, cfg.clip
+  # Block counts and widths: a zero or empty one builds a network that fails only inside the first trace, with
+  # a shape error that names none of these fields.
+  for name, value in (('unet.model_channels', u.model_channels), ('unet.num_res_blocks', u.num_res_blocks),
+                      ('unet.transformer_depth', u.transformer_depth), ('vae.layers_per_block', v.layers_per_block),
+                      ('vae.latent_channels', v.latent_channels), ('clip.num_layers', c.num_layers)):
+    if not (isinstance(value, int) and value >= 1):
+      problems.append(f'{name}={value!r} must be an integer ≥ 1')
+  for name, values in (('unet.channel_mult', u.channel_mult), ('vae.block_out_channels', v.block_out_channels)):
+    if not values or not all(isinstance(x, int) and x >= 1 for x in values):
+      problems.append(f'{name}={tuple(values)!r} must be a non-empty tuple of integers ≥ 1, e.g. (1, 2)')
+  if problems:
+    raise ConfigError('invalid model config: ' + '; '.join(problems))
   for ch in [u.model_channels * m for m in u.channel_mult]:
     if ch % u.num_groups:
       problems.append(f'U-Net channels {ch} not divisible by num_groups={u.num_groups}')
