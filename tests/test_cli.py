@@ -95,6 +95,8 @@ ROWS = [
                                                 '--data-dir', f'{t}/tfds'], 2, ['.png', '.gif']),
     ('convert with the wrong --from', lambda t, c: ['convert', '--from', 'gcd-ckpt', _safetensors(t), '--config',
                                                     'tiny', '--out', f'{t}/ck'], 2, ['--from sgm']),
+    ('demo with no samples', lambda t, c: ['demo', '--workdir', f'{t}/d', '--num-samples', '0'], 2,
+     ['--num-samples 0', '≥ 1']),
     ('unknown command', lambda t, c: ['trian'], 2, ['invalid choice']),
 ]
 

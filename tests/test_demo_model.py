@@ -16,6 +16,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from gcd_jax.commands import demo
 
@@ -73,20 +74,21 @@ def test_packaged_vae_latent_scale_and_reconstruction():
   np.testing.assert_allclose(np.asarray(cond), np.asarray(mean), atol=1e-5)
 
 
-def test_demo_video_and_strip_from_an_evaluation_folder(tmp_path):
+@pytest.mark.parametrize('num_samples', [1, 3])
+def test_demo_video_and_strip_from_an_evaluation_folder(tmp_path, num_samples):
   from configs import demo as demo_config  # pylint: disable=g-import-not-at-top
   from gcd_jax.evaluate import evaluate as ev  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   t, h, w = 6, 32, 48
   settings = ev.EvalSettings(checkpoint='c', config='', split='test', list_file='', controls_file='',
-                             control_idx=0, num_samples=1, steps=25, seed=0, guidance_min=1.0, guidance_max=1.5,
+                             control_idx=0, num_samples=num_samples, steps=25, seed=0, guidance_min=1.0, guidance_max=1.5,
                              cond_aug=0.02, decoding_t=6, lpips='none', semantic_palette='')
   for i in range(2):
     ex = dict(input01=rng.random((t, h, w, 3), np.float32), gt01=rng.random((t, h, w, 3), np.float32),
               reproject01=None, scene_idx=290 + i,
               control=dict(spherical_start=[10.0, 20.0, 15.0], spherical_end=[70.0, 5.0, 14.0], frame_start=0,
                            frame_skip=2, fps=12))
-    samples = rng.random((1, t, h, w, 3), np.float32)
+    samples = rng.random((num_samples, t, h, w, 3), np.float32)
     ev.write_scene(str(tmp_path), f'scn{290 + i:05d}', ex, samples,
                    ev.scene_metrics(samples, ex['gt01'], None, input01=ex['input01']), settings, fps=3)
   results = {r['scene']: r for r in ev.load_scene_results(str(tmp_path))}
@@ -95,8 +97,14 @@ def test_demo_video_and_strip_from_an_evaluation_folder(tmp_path):
   bar = 18
   assert video.shape[0] == t and video.dtype == np.uint8
   assert video.shape[1] == 2 * (bar + 4 * h)  # two scenes, ×4 panels with a caption bar
-  assert video.shape[2] == 3 * 4 * w + 2 * 4 * h  # input | generated | ground truth | camera path
+  # input | generated | [mean of the samples] | ground truth | camera path
+  panels = 3 if num_samples == 1 else 4
+  assert video.shape[2] == panels * 4 * w + 2 * 4 * h
   v = ev.load_scene_videos(str(tmp_path), 'scn00290')
-  np.testing.assert_array_equal(video[0, bar:bar + 4 * h:4, 3 * 4 * w - 4 * w:3 * 4 * w:4], v['gt'][0])
+  cell = lambda i: video[0, bar:bar + 4 * h:4, i * 4 * w:(i + 1) * 4 * w:4]  # noqa: E731  (×4 upscale undone)
+  np.testing.assert_array_equal(cell(1), v['samples'][0][0])
+  np.testing.assert_array_equal(cell(panels - 1), v['gt'][0])
+  if num_samples > 1:
+    np.testing.assert_array_equal(cell(2), np.round(v['samples'][:, 0].astype(np.float32).mean(0)).astype(np.uint8))
   strip = demo.frame_strip(str(tmp_path), 'scn00290', results['scn00290'])
   assert strip.shape == (20 + 3 * (16 + 4 * h), t * 4 * w, 3)

@@ -103,6 +103,30 @@ def test_aggregate_mean_std_over_scenes_and_samples(tmp_path):
   assert csv[0] == 'metric,mean,std,n' and csv[1].startswith('psnr,19,')
 
 
+def test_sample_mean_scored_beside_the_samples():
+  """Several samples per scene: their per-pixel mean is scored as one more video (a point estimate), with its
+  own row and margin column in the baseline table; one sample adds neither."""
+  rng = np.random.default_rng(0)
+  gt = rng.uniform(0.25, 0.75, (3, 8, 8, 3)).astype(np.float32)
+  err = np.where(rng.random(gt.shape) < 0.5, -0.1, 0.1).astype(np.float32)
+  samples = np.stack([gt + err, gt - err / 2])  # 20 dB and 26.02 dB; their mean is gt + err/4: 32.04 dB
+  out = ev.scene_metrics(samples, gt, None, input01=gt[::-1])
+  np.testing.assert_allclose(out['psnr'], [[20.0] * 3, [26.0206] * 3], atol=1e-3)
+  assert out['psnr_samplemean'].shape == (1, 3) and out['ssim_samplemean'].shape == (1, 3)
+  np.testing.assert_allclose(out['psnr_samplemean'], [[32.0412] * 3], atol=1e-3)
+  assert 'psnr_samplemean' not in ev.scene_metrics(samples[:1], gt, None, input01=gt[::-1])
+
+  row = lambda v: {'mean': v, 'std': 0.0, 'n': 1}  # noqa: E731
+  table = {k: row(v) for k, v in dict(psnr=20.0, ssim=0.5, psnr_from1=19.0, ssim_from1=0.4, psnr_copy=40.0,
+                                       ssim_copy=0.6, psnr_copy_from1=18.0, ssim_copy_from1=0.45).items()}
+  assert 'sample mean' not in '\n'.join(ev.baseline_table(table))
+  table.update(psnr_samplemean=row(21.5), ssim_samplemean=row(0.6), psnr_samplemean_from1=row(20.5),
+               ssim_samplemean_from1=row(0.5))
+  lines = ev.baseline_table(table)
+  assert lines[0].endswith('| sample mean − it, frames 1+ (dB) |') and lines[3].startswith('| per-pixel mean')
+  assert lines[4].startswith('| copy the input video |') and lines[4].endswith('| +1.00 | +2.50 |')
+
+
 def test_seeds_independent_of_batching():
   a = ev.sample_seed(0, 2900, 1)
   assert np.array_equal(a, ev.sample_seed(0, 2900, 1))
@@ -162,6 +186,8 @@ def test_evaluate_end_to_end_resume_and_seed(eval_tfds, tiny_checkpoint, tmp_pat
   assert '2 scenes' in md and '| psnr |' in md and '| diversity_occ |' in md
   frames = _frames(out_a, 'scn02900')
   assert np.asarray(frames['psnr']).shape == (2, NUM_FRAMES)
+  assert np.asarray(frames['psnr_samplemean']).shape == (1, NUM_FRAMES)  # 2 samples: their mean is scored too
+  assert '| per-pixel mean of each scene' in md
   # Gradual trajectory: frame 0 is the source pose, so nothing is occluded there (NaN → null).
   assert frames['psnr_occ'][0][0] is None and frames['psnr_vis'][0][0] is not None
   # A second run with the same seed, in one go (other batching), agrees exactly.

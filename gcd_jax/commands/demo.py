@@ -2,6 +2,7 @@ r"""`gcd-jax demo`: the packaged demo model re-renders held-out scenes from new 
 
   gcd-jax demo                       # workdir ./gcd_demo, a few minutes on 2 CPU cores, no download
   gcd-jax demo --workdir /tmp/demo --steps 10     # also run the trainer for 10 steps from the model first
+  gcd-jax demo --num-samples 16      # 16 samples per scene, and their per-pixel mean scored too (~10 min more)
 
 1. builds the demo's evaluation data (TFDS `procedural_4d/demo_eval`: the 10 held-out test scenes of the demo
    model's dataset, identical scenes, plus 16 of its training scenes) under WORKDIR/tensorflow_datasets;
@@ -9,9 +10,10 @@ r"""`gcd-jax demo`: the packaged demo model re-renders held-out scenes from new 
    and evaluates that workdir's raw weights (the warm-up keeps the learning rate near 0: the model barely
    moves); the default, 0, evaluates the packaged demo model itself (gcd_jax/assets/demo_model, trained from
    scratch with configs/demo.py, see docs/demo_model.md) and compiles no train step;
-3. evaluates with `gcd-jax evaluate` on every held-out scene (one sample each, the reference sampler: 25
-   steps, guidance 1.0 → 1.5) into WORKDIR/eval, with the baselines: copying the input video, its mean
-   frame, and the reprojection of the input view (an upper reference);
+3. evaluates with `gcd-jax evaluate` on every held-out scene (one sample each, or --num-samples; the reference
+   sampler: 25 steps, guidance 1.0 → 1.5) into WORKDIR/eval (WORKDIR/eval_<N>samples), with the baselines:
+   copying the input video, its mean frame, and the reprojection of the input view (an upper reference); with
+   several samples, also the per-pixel mean of each scene's samples (docs/evaluation.md);
 4. writes WORKDIR/demo.mp4 (input | generated | ground truth | camera path, ×4 upscaled, labelled; 4 scenes,
    looped to 4 s), WORKDIR/demo_strip.png (one scene's frames) and WORKDIR/demo_metrics.json, and prints
    the metrics table.
@@ -47,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--data-dir', default='',
                       help='TFDS data dir for procedural_4d/demo_eval (default WORKDIR/tensorflow_datasets)')
   parser.add_argument('--seed', type=int, default=0, help='sampling seed (default 0)')
+  parser.add_argument('--num-samples', type=int, default=1,
+                      help='samples per held-out scene (default 1); with more, their per-pixel mean is scored too '
+                           'and the video shows the first')
   parser.add_argument('--config', default='configs/demo.py',
                       help='training config of the few demo steps (and its --config.FIELD=VALUE overrides)')
   parser.add_argument('--no-progress', action='store_true', help='no progress bars')
@@ -63,6 +68,8 @@ def run(args) -> int:
                      '`gcd-jax convert` / `train --export` folder')
   if args.steps < 0:
     raise UsageError(f'--steps {args.steps}: must be ≥ 0')
+  if args.num_samples < 1:
+    raise UsageError(f'--num-samples {args.num_samples}: must be ≥ 1')
   os.makedirs(workdir, exist_ok=True)
   from absl import flags  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS.is_parsed():
@@ -100,12 +107,14 @@ def run(args) -> int:
   # 3. evaluate the held-out scenes with `gcd-jax evaluate` -------------------------------------------------
   from gcd_jax.evaluate import evaluate as ev  # pylint: disable=g-import-not-at-top
   from gcd_jax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  eval_dir = os.path.join(workdir, 'eval')
+  # One folder per sample count: `evaluate` refuses to mix settings in one folder.
+  eval_dir = os.path.join(workdir, 'eval' if args.num_samples == 1 else f'eval_{args.num_samples}samples')
   t0 = time.perf_counter()
-  print('[demo] evaluating the held-out test scenes (sampling: 25 steps, guidance 1.0 → 1.5)', flush=True)
+  print(f'[demo] evaluating the held-out test scenes ({args.num_samples} sample(s) each; sampling: 25 steps, '
+        'guidance 1.0 → 1.5)', flush=True)
   request = ev.EvalRequest(
       checkpoint=workdir_lib.resolve_model(evaluated, weights='raw' if args.steps else 'auto'), out=eval_dir,
-      data=_data_preset(config), data_dir=data_dir, split='test', num_samples=1, seed=args.seed,
+      data=_data_preset(config), data_dir=data_dir, split='test', num_samples=args.num_samples, seed=args.seed,
       decoding_t=int(config.model.num_frames), progress=not args.no_progress)
   summary = ev.evaluate(request)
   seconds['evaluate'] = time.perf_counter() - t0
@@ -124,7 +133,7 @@ def run(args) -> int:
   seconds['video'] = time.perf_counter() - t0
   seconds['total'] = time.perf_counter() - t_start
   metrics = dict(
-      model=model, evaluated=evaluated, train_steps=args.steps, scenes=len(results), samples_per_scene=1,
+      model=model, evaluated=evaluated, train_steps=args.steps, scenes=len(results), samples_per_scene=args.num_samples,
       seed=args.seed, **{k: round(v['mean'], 4) for k, v in table.items() if 'mean' in v and
                          k.split('_')[0] in ('psnr', 'ssim') and math.isfinite(v['mean'])},
       seconds={k: round(v, 1) for k, v in seconds.items()}, video=video_path, strip=strip_path,
@@ -137,7 +146,9 @@ def run(args) -> int:
         f'generated {m("psnr_from1"):.2f} dB / SSIM {m("ssim_from1"):.3f}; copy the input {m("psnr_copy_from1"):.2f} dB'
         f' / {m("ssim_copy_from1"):.3f}; mean frame {m("psnr_meanframe_from1"):.2f} dB / '
         f'{m("ssim_meanframe_from1"):.3f}; reprojection (upper reference) {m("psnr_reproject_from1"):.2f} dB / '
-        f'{m("ssim_reproject_from1"):.3f}', flush=True)
+        f'{m("ssim_reproject_from1"):.3f}'
+        + (f'; per-pixel mean of the {args.num_samples} samples {m("psnr_samplemean_from1"):.2f} dB / '
+           f'{m("ssim_samplemean_from1"):.3f}' if 'psnr_samplemean_from1' in table else ''), flush=True)
   print(f'[demo] video {video_path}; frame strip {strip_path}; total {seconds["total"]:.0f}s', flush=True)
   return 0
 
@@ -169,7 +180,8 @@ def _camera_path(control: dict, num_frames: int, config):
 
 
 def demo_video(eval_dir: str, scenes, results: dict, config) -> np.ndarray:
-  """uint8 [T, H, W, 3]: one row per scene, input | generated | ground truth | camera path, captioned."""
+  """uint8 [T, H, W, 3]: one row per scene, input | generated (the first sample) | [the per-pixel mean of the
+  scene's samples, when there are several] | ground truth | camera path, captioned."""
   from gcd_jax.evaluate import evaluate as ev  # pylint: disable=g-import-not-at-top
   from gcd_jax.evaluate import inference, media  # pylint: disable=g-import-not-at-top
   rows = []
@@ -177,10 +189,14 @@ def demo_video(eval_dir: str, scenes, results: dict, config) -> np.ndarray:
     v = ev.load_scene_videos(eval_dir, scene)
     t = v['input'].shape[0]
     base, rel = _camera_path(results[scene]['control'], t, config)
-    psnr = float(np.nanmean(results[scene]['frame']['psnr']))
+    frame = results[scene]['frame']
     panels = [(f'input  {scene}', _upscale(v['input'])),
-              (f'generated  ({psnr:.1f} dB)', _upscale(v['samples'][0])),
-              ('ground truth (new camera)', _upscale(v['gt']))]
+              (f'generated  ({np.nanmean(frame["psnr"][0]):.1f} dB)', _upscale(v['samples'][0]))]
+    if len(v['samples']) > 1:
+      mean = np.round(v['samples'].astype(np.float32).mean(0)).astype(np.uint8)
+      panels.append((f'{len(v["samples"])}-sample mean ({np.nanmean(frame["psnr_samplemean"][0]):.1f} dB)',
+                     _upscale(mean)))
+    panels.append(('ground truth (new camera)', _upscale(v['gt'])))
     h = panels[0][1].shape[1]
     cams = np.stack([inference.trajectory_image(rel[:i + 1], base=base, size=(2 * h, h), frame=i, legend=False)
                      for i in range(t)])

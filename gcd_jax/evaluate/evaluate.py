@@ -54,6 +54,11 @@ FRAME_METRICS = ('psnr', 'ssim', 'psnr_vis', 'ssim_vis', 'psnr_occ', 'ssim_occ',
 #             "reproject" video): geometry from the GT depth, so an upper reference, not a competitor.
 BASELINES = ('copy', 'meanframe', 'reproject')
 BASELINE_METRICS = tuple(f'{m}_{b}' for b in BASELINES for m in ('psnr', 'ssim'))
+# With several samples per scene: the per-pixel mean of the scene's samples, scored as one video. It estimates
+# the model's posterior mean, the best guess under squared error, which one sample is not: even an exact
+# model's sample has twice the posterior mean's expected squared error (docs/evaluation.md). A diagnostic of
+# what the model knows, reported beside the samples, never instead of them.
+SAMPLE_MEAN_METRICS = ('psnr_samplemean', 'ssim_samplemean')
 SCENE_METRICS = ('diversity', 'diversity_vis', 'diversity_occ', 'occluded_fraction')
 RESULTS_VERSION = 1
 
@@ -169,7 +174,8 @@ def baseline_videos(input01: np.ndarray | None, reproject01: np.ndarray | None) 
 def scene_metrics(samples01: np.ndarray, gt01: np.ndarray, reproject01: np.ndarray | None, *,
                   input01: np.ndarray | None = None, lpips_model=None, palette=None, ignore_index=None) -> dict:
   """samples01 [S, T, H, W, 3], gt01 / reproject01 / input01 [T, H, W, 3] → per-frame arrays (FRAME_METRICS,
-  and BASELINE_METRICS [1, T] for the baselines that input01 / reproject01 allow)."""
+  and BASELINE_METRICS [1, T] for the baselines that input01 / reproject01 allow; SAMPLE_MEAN_METRICS [1, T]
+  when S > 1)."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from gcd_jax.evaluate import metrics  # pylint: disable=g-import-not-at-top
   out = metrics.video_metrics(jnp.asarray(samples01), jnp.asarray(gt01),
@@ -178,6 +184,9 @@ def scene_metrics(samples01: np.ndarray, gt01: np.ndarray, reproject01: np.ndarr
     base = metrics.video_metrics(jnp.asarray(video)[None], jnp.asarray(gt01))
     out[f'psnr_{name}'], out[f'ssim_{name}'] = np.asarray(base['psnr']), np.asarray(base['ssim'])
   s, t = samples01.shape[:2]
+  if s > 1:
+    mean = metrics.video_metrics(jnp.asarray(samples01, jnp.float32).mean(0, keepdims=True), jnp.asarray(gt01))
+    out['psnr_samplemean'], out['ssim_samplemean'] = np.asarray(mean['psnr']), np.asarray(mean['ssim'])
   if lpips_model is not None:
     flat = samples01.reshape((s * t,) + samples01.shape[2:])
     ref = np.broadcast_to(gt01[None], samples01.shape).reshape(flat.shape)
@@ -235,7 +244,7 @@ def load_scene_results(out_dir: str) -> list[dict]:
 def aggregate(results: list[dict]) -> dict:
   """Scene results → {metric: {'mean', 'std', 'n', 'per_frame_mean', 'per_frame_std'}}."""
   table = {}
-  for m in FRAME_METRICS + BASELINE_METRICS:
+  for m in FRAME_METRICS + BASELINE_METRICS + SAMPLE_MEAN_METRICS:
     frames = [_nan(r['frame'][m]) for r in results if m in r.get('frame', {})]
     if not frames:
       continue
@@ -251,7 +260,7 @@ def aggregate(results: list[dict]) -> dict:
     table[m] = {'mean': mean, 'std': std, 'n': n, 'per_frame_mean': pf_mean, 'per_frame_std': pf_std}
   # Frames 1..T−1 only: with gradual trajectories frame 0 is the input pose itself, where copying the input is
   # exact (infinite PSNR) and dominates the all-frame mean of the copy baseline (docs/evaluation.md).
-  for m in ('psnr', 'ssim') + BASELINE_METRICS:
+  for m in ('psnr', 'ssim') + BASELINE_METRICS + SAMPLE_MEAN_METRICS:
     frames = [_nan(r['frame'][m])[:, 1:] for r in results if m in r.get('frame', {})]
     if frames and frames[0].shape[-1]:
       mean, std, n = _mean_std(np.concatenate([_video_means(f) for f in frames]))
@@ -274,26 +283,37 @@ def aggregate(results: list[dict]) -> dict:
   return table
 
 
-UNITS = {'psnr': 'dB', 'psnr_vis': 'dB', 'psnr_occ': 'dB', **{f'psnr_{b}': 'dB' for b in BASELINES}}
+UNITS = {'psnr': 'dB', 'psnr_vis': 'dB', 'psnr_occ': 'dB', 'psnr_samplemean': 'dB',
+         **{f'psnr_{b}': 'dB' for b in BASELINES}}
 
 
 def baseline_table(table: dict) -> list[str]:
   """Markdown rows: the model's PSNR / SSIM beside each baseline's and the model's PSNR margin over it, over
   all frames (the reference protocol) and over frames 1..T−1 (`*_from1`: frame 0 of a gradual trajectory is
-  the input pose, where copying is exact)."""
+  the input pose, where copying is exact). With several samples per scene, a row and a margin column for the
+  per-pixel mean of each scene's samples (SAMPLE_MEAN_METRICS)."""
   if 'psnr' not in table:
     return []
   g = lambda k: table[k]['mean'] if k in table else float('nan')  # noqa: E731
-  rows = ['| video | PSNR all frames | SSIM all frames | PSNR frames 1+ | SSIM frames 1+ | model − it, frames 1+ (dB) |',
-          '|---|---|---|---|---|---|',
+  mean = 'psnr_samplemean' in table
+  extra = (' sample mean − it, frames 1+ (dB) |', '---|', ' |') if mean else ('', '', '')
+  rows = ['| video | PSNR all frames | SSIM all frames | PSNR frames 1+ | SSIM frames 1+ | model − it, frames 1+ (dB) |'
+          + extra[0], '|---|---|---|---|---|---|' + extra[1],
           f'| **generated (model)** | {g("psnr"):.2f} | {g("ssim"):.3f} | {g("psnr_from1"):.2f} | '
-          f'{g("ssim_from1"):.3f} | |']
+          f'{g("ssim_from1"):.3f} | |' + extra[2]]
+  if mean:
+    rows.append(f"| per-pixel mean of each scene's samples (a point estimate, not a sample) | "
+                f'{g("psnr_samplemean"):.2f} | {g("ssim_samplemean"):.3f} | {g("psnr_samplemean_from1"):.2f} | '
+                f'{g("ssim_samplemean_from1"):.3f} | | |')
   names = {'copy': 'copy the input video', 'meanframe': 'mean frame of the input',
            'reproject': 'reprojection of the input view (upper reference: uses GT depth)'}
   for b in BASELINES:
     if f'psnr_{b}' in table:
-      rows.append(f'| {names[b]} | {g(f"psnr_{b}"):.2f} | {g(f"ssim_{b}"):.3f} | {g(f"psnr_{b}_from1"):.2f} | '
-                  f'{g(f"ssim_{b}_from1"):.3f} | {g("psnr_from1") - g(f"psnr_{b}_from1"):+.2f} |')
+      row = (f'| {names[b]} | {g(f"psnr_{b}"):.2f} | {g(f"ssim_{b}"):.3f} | {g(f"psnr_{b}_from1"):.2f} | '
+             f'{g(f"ssim_{b}_from1"):.3f} | {g("psnr_from1") - g(f"psnr_{b}_from1"):+.2f} |')
+      if mean:
+        row += f' {g("psnr_samplemean_from1") - g(f"psnr_{b}_from1"):+.2f} |'
+      rows.append(row)
   return rows
 
 
@@ -356,7 +376,8 @@ def _write_scene_files(d: str, scene: str, example: dict, samples01: np.ndarray,
     videos['reproject'] = example['reproject01']
   with fileio.atomic_file(os.path.join(d, 'videos.npz'), '.npz') as tmp:
     np.savez(tmp, **{k: media.to_uint8(v) for k, v in videos.items()})
-  frame = {k: frame_metrics[k] for k in FRAME_METRICS + BASELINE_METRICS if k in frame_metrics}
+  frame = {k: frame_metrics[k] for k in FRAME_METRICS + BASELINE_METRICS + SAMPLE_MEAN_METRICS
+           if k in frame_metrics}
   scene_level = {k: frame_metrics[k] for k in SCENE_METRICS if k in frame_metrics}
   video = {f'mean_{k}': _video_means(v) for k, v in frame.items()}
   if 'miou_video' in frame_metrics:
