@@ -81,8 +81,8 @@ def test_demo_video_and_strip_from_an_evaluation_folder(tmp_path, num_samples):
   rng = np.random.default_rng(0)
   t, h, w = 6, 32, 48
   settings = ev.EvalSettings(checkpoint='c', config='', split='test', list_file='', controls_file='',
-                             control_idx=0, num_samples=num_samples, steps=25, seed=0, guidance_min=1.0, guidance_max=1.5,
-                             cond_aug=0.02, decoding_t=6, lpips='none', semantic_palette='')
+                             control_idx=0, num_samples=num_samples, steps=25, seed=0, guidance_min=1.0,
+                             guidance_max=1.5, cond_aug=0.02, decoding_t=6, lpips='none', semantic_palette='')
   for i in range(2):
     ex = dict(input01=rng.random((t, h, w, 3), np.float32), gt01=rng.random((t, h, w, 3), np.float32),
               reproject01=None, scene_idx=290 + i,

@@ -15,7 +15,7 @@ r"""`gcd-jax demo`: the packaged demo model re-renders held-out scenes from new 
    copying the input video, its mean frame, and the reprojection of the input view (an upper reference); with
    several samples, also the per-pixel mean of each scene's samples (docs/evaluation.md);
 4. writes WORKDIR/demo.mp4 (input | generated | ground truth | camera path, ×4 upscaled, labelled; 4 scenes,
-   looped to 4 s), WORKDIR/demo_strip.png (one scene's frames) and WORKDIR/demo_metrics.json, and prints
+   looped to 4 s; with several samples the first is shown, and their per-pixel mean beside it), WORKDIR/demo_strip.png (one scene's frames) and WORKDIR/demo_metrics.json, and prints
    the metrics table.
 
 A second run reuses the data, the training checkpoint, the finished scenes and the compiled programs.

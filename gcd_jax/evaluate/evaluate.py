@@ -297,8 +297,8 @@ def baseline_table(table: dict) -> list[str]:
   g = lambda k: table[k]['mean'] if k in table else float('nan')  # noqa: E731
   mean = 'psnr_samplemean' in table
   extra = (' sample mean − it, frames 1+ (dB) |', '---|', ' |') if mean else ('', '', '')
-  rows = ['| video | PSNR all frames | SSIM all frames | PSNR frames 1+ | SSIM frames 1+ | model − it, frames 1+ (dB) |'
-          + extra[0], '|---|---|---|---|---|---|' + extra[1],
+  rows = ['| video | PSNR all frames | SSIM all frames | PSNR frames 1+ | SSIM frames 1+ | '
+          'model − it, frames 1+ (dB) |' + extra[0], '|---|---|---|---|---|---|' + extra[1],
           f'| **generated (model)** | {g("psnr"):.2f} | {g("ssim"):.3f} | {g("psnr_from1"):.2f} | '
           f'{g("ssim_from1"):.3f} | |' + extra[2]]
   if mean:
