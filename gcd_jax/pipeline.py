@@ -41,8 +41,8 @@ class SamplerSettings:
 
   def check(self) -> None:
     from gcd_jax.evaluate.inference import InputError  # pylint: disable=g-import-not-at-top
-    if self.steps < 1:
-      raise InputError(f'steps={self.steps}: must be ≥ 1')
+    if self.steps < 2:  # the Euler schedule runs from σ_max to σ_min (diffusion/discretization.py)
+      raise InputError(f'steps={self.steps}: must be ≥ 2 (the sampler steps from σ_max to σ_min)')
     if self.frame_rate < 1:
       raise InputError(f'frame_rate={self.frame_rate}: must be ≥ 1 (the FPS after subsampling)')
     if self.decoding_t < 1:

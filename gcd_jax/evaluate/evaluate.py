@@ -667,8 +667,10 @@ def plan_evaluation(req: 'EvalRequest') -> _Plan:
   from data_pipelines import splits  # pylint: disable=g-import-not-at-top
   from gcd_jax.evaluate import generator as gen_lib  # pylint: disable=g-import-not-at-top
   from gcd_jax.evaluate import lpips as lpips_lib  # pylint: disable=g-import-not-at-top
-  if req.num_samples < 1 or req.steps < 1:
-    raise EvaluationError('--num-samples and --steps must be ≥ 1')
+  if req.num_samples < 1:
+    raise EvaluationError(f'--num-samples {req.num_samples}: must be ≥ 1')
+  if req.steps < 2:  # the Euler schedule runs from σ_max to σ_min (diffusion/discretization.py)
+    raise EvaluationError(f'--steps {req.steps}: must be ≥ 2 (the sampler steps from σ_max to σ_min)')
   if req.config:
     model_cfg, train_cfg = gen_lib.resolve_config(req.config, req.overrides)
   else:
