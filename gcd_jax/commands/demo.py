@@ -84,6 +84,9 @@ def run(args) -> int:
   builder = tfds_builders.get_builder('procedural_4d', data_dir=data_dir, config='demo_eval')
   if not builder.is_prepared():
     print(f'[demo] rendering the held-out procedural scenes into {data_dir} (about a minute) ...', flush=True)
+    if args.no_progress:  # as `gcd-jax data build --no-progress`
+      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+      tfds.disable_progress_bar()
     tfds_builders.build('procedural_4d', data_dir=data_dir, config='demo_eval')
   seconds['data'] = time.perf_counter() - t0
 
