@@ -12,8 +12,8 @@ Kubric models use the spherical camera embedder (`gcd`), PD models none (`svd`, 
 Reference hyper-parameters: Adam 2e-5 (β 0.9/0.999, eps 1e-8, no wd, no schedule), no clipping, no EMA,
 gradient checkpointing, 14 frames at 256×384, 28 videos per step (4 per GPU × 7 GPUs), checkpoints every
 1250 steps (§3). Here: bfloat16 compute with float32 master weights, FSDP over all devices, remat 'full'.
-On v5p (95 GiB/chip), `--config.model.remat=none` with 6-7 videos per chip is faster per video (MFU ceiling
-70-71 % vs 58 % for remat 'full' at 12 videos, by the TPU compiler; docs/performance.md).
+On v5p (95 GiB/chip), `--config.model.remat=none` with 8-9 videos per chip is faster per video (MFU ceiling
+73-74 % vs 58 % for remat 'full' at 12 videos, by the TPU compiler; docs/performance.md).
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@
 # make_mesh). bench/tpu_compile.py --slices 2 compiles that program for a named topology, without a TPU.
 # Each worker reads its own data shard (process index) and writes its own checkpoint shards to WORKDIR (use a
 # GCS bucket). Extra `--config.x=y` overrides: EXTRA="--config.batch_size=64 --config.checkpoint.every_steps=1000".
-# On v5p (95 GiB/chip) keep every activation instead of recomputing it, with 6-7 videos per chip, e.g. a
-# v5p-64 (32 chips): EXTRA="--config.model.remat=none --config.batch_size=192" (by the TPU compiler: 89.18 GiB
-# per chip at 6 videos, 89.69 at 7; MFU ceiling 70-71 % against 58 % for remat full; docs/performance.md).
+# On v5p (95 GiB/chip) keep activations instead of recomputing them, with 8-9 videos per chip, e.g. a v5p-64
+# (32 chips): EXTRA="--config.model.remat=none --config.batch_size=256" (by the TPU compiler: 89.70 GiB per chip
+# at 8 videos, 89.92 at 9; MFU ceiling 73-74 % against 58 % for remat full; docs/performance.md).
 set -euo pipefail
 : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}" "${PROJECT:?set PROJECT}" "${WORKDIR:?set WORKDIR}"
 ACCELERATOR=${ACCELERATOR:-v5litepod-64}
