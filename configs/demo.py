@@ -44,14 +44,14 @@ from gcd_jax.models import presets as models
 from gcd_jax.train.vae_fit import vae_fit_config
 
 
-STAGE_STEPS = {'1': 1000, '2': 850, '3': 1600}
+STAGE_STEPS = {'1': 1000, '2': 850, '3': 1600, '4': 1600}
 
 
 def get_config(arg: str | None = None):
   a = preset_args(arg, stage='1', steps=0, batch=8)
   if a.stage not in STAGE_STEPS:
-    raise ValueError('configs/demo.py: stage=1 (from scratch), stage=2 (from the stage-1 model) or stage=3 (from '
-                     f'the stage-2 model), got {a.stage!r}')
+    raise ValueError('configs/demo.py: stage=1 (from scratch), stage=2 (from the stage-1 model), stage=3 (from '
+                     f'the stage-2 model) or stage=4 (from the stage-3 model), got {a.stage!r}')
   c = base_config()
   c.name = 'demo'
   c.seed = 0
@@ -59,6 +59,15 @@ def get_config(arg: str | None = None):
   c.batch_size = a.batch
   c.model = models.get_config('demo')  # float32: bf16 convs are slow on XLA:CPU
   c.model.num_frames = 6
+  if a.stage == '4':
+    # Grows the stage-3 network: spatial + temporal attention also at the 16×24 latent level. The new blocks
+    # are absent from the stage-3 model: init_missing starts them fresh, and the reference's zero-initialised
+    # proj_out (unet.zero_init) makes each one the identity, so step 0 is exactly the stage-3 model.
+    c.model.unet.attention_resolutions = (1, 2, 4)
+    c.init_missing = True
+  else:
+    # Stages 1-3 were trained before this project zero-initialised as the reference does (unet.zero_init).
+    c.model.unet.zero_init = False
 
   c.vae_fit = vae_fit_config()
   c.vae_fit.steps = 1000
@@ -86,12 +95,12 @@ def get_config(arg: str | None = None):
   c.optim.warmup_steps = 200
   c.optim.grad_clip_norm = 1.0
   c.optim.ema_decay = 0.999  # kept for longer runs; too slow for 1000 steps (the packaged model is raw)
-  if a.stage in ('2', '3'):
+  if a.stage in ('2', '3', '4'):
     # Continues the previous stage's model (--config.init_checkpoint=its folder: network, VAE and CLIP) with a
     # fresh optimiser: short warm-up, then a cosine decay of the learning rate to 0 over the run (a warm
     # restart). Stage 3 restarts lower, at 4e-4, and runs longer.
     c.optim.warmup_steps = 50
-    if a.stage == '3':
+    if a.stage in ('3', '4'):
       c.optim.lr = 4e-4
     c.optim.decay_steps = c.total_steps - c.optim.warmup_steps
     c.optim.final_lr_fraction = 0.0

@@ -10,7 +10,7 @@ _ALLOWED = {
     'unet': {'in_channels', 'out_channels', 'model_channels', 'channel_mult', 'num_res_blocks',
              'attention_resolutions', 'num_head_channels', 'transformer_depth', 'context_dim',
              'addition_time_embed_dim', 'adm_in_channels', 'aux_emb_dim', 'num_groups',
-             'resblock_norm_eps', 'transformer_norm_eps', 'out_norm_eps', 'layer_norm_eps'},
+             'resblock_norm_eps', 'transformer_norm_eps', 'out_norm_eps', 'layer_norm_eps', 'zero_init'},
     'camera': {'embedder', 'embed_dim'},
     'vae': {'in_channels', 'out_channels', 'block_out_channels', 'layers_per_block', 'latent_channels',
             'num_groups', 'scaling_factor', 'decode_chunk_size'},

@@ -57,6 +57,9 @@ def unet_svd() -> ml_collections.ConfigDict:
       transformer_norm_eps=1e-6,  # GroupNorm before proj_in, both implementations.
       out_norm_eps=1e-5,
       layer_norm_eps=1e-5,
+      # sgm's init: every residual branch's last layer and conv_out start at zero (`zero_module`), the new
+      # camera layers at PyTorch's default. Only training from scratch or grown layers see it (unet.py).
+      zero_init=True,
   ))
 
 

@@ -31,14 +31,16 @@ class ResnetBlock2D(nnx.Module):
   """
 
   def __init__(self, in_channels: int, out_channels: int, *, temb_channels: int | None, eps: float,
-               num_groups: int = 32, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+               num_groups: int = 32, zero_init_out: bool = False, dtype=jnp.float32, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.norm1 = layers.GroupNorm(num_groups, in_channels, eps=eps, **kw)
     self.conv1 = layers.Conv(in_channels, out_channels, (3, 3), **kw)
     self.time_emb_proj = (layers.Linear(temb_channels, out_channels, **kw)
                           if temb_channels is not None else None)
     self.norm2 = layers.GroupNorm(num_groups, out_channels, eps=eps, **kw)
-    self.conv2 = layers.Conv(out_channels, out_channels, (3, 3), **kw)
+    # zero_init_out: sgm's `ResBlock` wraps its last conv in `zero_module` (a fresh block is the identity).
+    self.conv2 = layers.Conv(out_channels, out_channels, (3, 3), zero_init=zero_init_out, **kw)
     self.conv_shortcut = (layers.Conv(in_channels, out_channels, (1, 1), **kw)
                           if in_channels != out_channels else None)
     self.dtype = dtype
@@ -60,7 +62,8 @@ class TemporalResnetBlock(nnx.Module):
   """
 
   def __init__(self, in_channels: int, out_channels: int, *, temb_channels: int | None, eps: float,
-               num_groups: int = 32, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+               num_groups: int = 32, zero_init_out: bool = False, dtype=jnp.float32, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     pad = ((1, 1), (0, 0), (0, 0))
     self.norm1 = layers.GroupNorm(num_groups, in_channels, eps=eps, **kw)
@@ -68,7 +71,7 @@ class TemporalResnetBlock(nnx.Module):
     self.time_emb_proj = (layers.Linear(temb_channels, out_channels, **kw)
                           if temb_channels is not None else None)
     self.norm2 = layers.GroupNorm(num_groups, out_channels, eps=eps, **kw)
-    self.conv2 = layers.Conv(out_channels, out_channels, (3, 1, 1), padding=pad, **kw)
+    self.conv2 = layers.Conv(out_channels, out_channels, (3, 1, 1), padding=pad, zero_init=zero_init_out, **kw)
     self.conv_shortcut = (layers.Conv(in_channels, out_channels, (1, 1, 1), **kw)
                           if in_channels != out_channels else None)
     self.dtype = dtype
@@ -141,9 +144,9 @@ class SpatioTemporalResBlock(nnx.Module):
 
   def __init__(self, in_channels: int, out_channels: int, *, temb_channels: int | None, eps: float,
                temporal_eps: float | None = None, num_groups: int = 32,
-               switch_spatial_to_temporal_mix: bool = False, dtype=jnp.float32,
+               switch_spatial_to_temporal_mix: bool = False, zero_init_out: bool = False, dtype=jnp.float32,
                param_dtype=jnp.float32, rngs: nnx.Rngs):
-    kw = dict(num_groups=num_groups, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    kw = dict(num_groups=num_groups, zero_init_out=zero_init_out, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.spatial_res_block = ResnetBlock2D(in_channels, out_channels, temb_channels=temb_channels,
                                            eps=eps, **kw)
     self.temporal_res_block = TemporalResnetBlock(

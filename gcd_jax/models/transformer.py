@@ -107,8 +107,8 @@ class TransformerSpatioTemporalModel(nnx.Module):
 
   def __init__(self, in_channels: int, heads: int, head_dim: int, *, context_dim: int,
                depth: int = 1, num_groups: int = 32, norm_eps: float = 1e-6,
-               layer_norm_eps: float = 1e-5, dtype=jnp.float32, param_dtype=jnp.float32,
-               rngs: nnx.Rngs):
+               layer_norm_eps: float = 1e-5, zero_init_out: bool = False, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     inner = heads * head_dim
     self.in_channels = in_channels
@@ -122,7 +122,8 @@ class TransformerSpatioTemporalModel(nnx.Module):
                                       norm_eps=layer_norm_eps, **kw) for _ in range(depth)])
     self.time_pos_embed = TimestepEmbedding(in_channels, 4 * in_channels, out_dim=in_channels, **kw)
     self.time_mixer = AlphaBlender(0.5, param_dtype=param_dtype)
-    self.proj_out = layers.Linear(inner, in_channels, **kw)
+    # zero_init_out: sgm's `SpatialTransformer` wraps proj_out in `zero_module` (a fresh block is the identity).
+    self.proj_out = layers.Linear(inner, in_channels, zero_init=zero_init_out, **kw)
     self.dtype = dtype
 
   def __call__(self, x: jax.Array, context: jax.Array, image_only_indicator: jax.Array, *,

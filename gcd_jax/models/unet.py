@@ -74,11 +74,19 @@ class _Block(nnx.Module):
     return h
 
 
+def zero_init(u: ml_collections.ConfigDict) -> bool:
+  """unet.zero_init (default True, the reference's init): the last layer of every residual branch (ResBlock
+  conv2, temporal conv2, transformer proj_out) and conv_out start at zero, as sgm's `zero_module` does, so a
+  fresh block is the identity. Matters only for training from scratch and for layers added to a trained
+  network (`--config.init_missing`); converted weights overwrite it."""
+  return bool(u.get('zero_init', True))
+
+
 def _transformer(ch: int, u: ml_collections.ConfigDict, kw: dict) -> TransformerSpatioTemporalModel:
   return TransformerSpatioTemporalModel(
       ch, ch // u.num_head_channels, u.num_head_channels, context_dim=u.context_dim,
       depth=u.transformer_depth, num_groups=u.num_groups, norm_eps=u.transformer_norm_eps,
-      layer_norm_eps=u.layer_norm_eps, **kw)
+      layer_norm_eps=u.layer_norm_eps, zero_init_out=zero_init(u), **kw)
 
 
 class DownBlockSpatioTemporal(_Block):
@@ -88,7 +96,7 @@ class DownBlockSpatioTemporal(_Block):
                eps: float, temb: int, u, remat: str, kw: dict):
     self.resnets = nnx.List([
         SpatioTemporalResBlock(in_ch if i == 0 else out_ch, out_ch, temb_channels=temb, eps=eps,
-                               num_groups=u.num_groups, **kw) for i in range(num_layers)])
+                               num_groups=u.num_groups, zero_init_out=zero_init(u), **kw) for i in range(num_layers)])
     self.attentions = (nnx.List([_transformer(out_ch, u, kw) for _ in range(num_layers)])
                        if attention else None)
     self.downsamplers = (nnx.List([Downsample2D(out_ch, **kw)]) if downsample else None)
@@ -110,7 +118,8 @@ class UNetMidBlockSpatioTemporal(_Block):
 
   def __init__(self, ch: int, *, eps: float, temb: int, u, remat: str, kw: dict):
     self.resnets = nnx.List([
-        SpatioTemporalResBlock(ch, ch, temb_channels=temb, eps=eps, num_groups=u.num_groups, **kw)
+        SpatioTemporalResBlock(ch, ch, temb_channels=temb, eps=eps, num_groups=u.num_groups,
+                               zero_init_out=zero_init(u), **kw)
         for _ in range(2)])
     self.attentions = nnx.List([_transformer(ch, u, kw)])
     self.remat = remat
@@ -131,7 +140,7 @@ class UpBlockSpatioTemporal(_Block):
       res_skip = skip_in_ch if i == num_layers - 1 else out_ch
       res_in = prev_ch if i == 0 else out_ch
       resnets.append(SpatioTemporalResBlock(res_in + res_skip, out_ch, temb_channels=temb, eps=eps,
-                                            num_groups=u.num_groups, **kw))
+                                            num_groups=u.num_groups, zero_init_out=zero_init(u), **kw))
     self.resnets = nnx.List(resnets)
     self.attentions = (nnx.List([_transformer(out_ch, u, kw) for _ in range(num_layers)])
                        if attention else None)
@@ -190,7 +199,7 @@ class VideoUNet(nnx.Module):
       prev = chans[lvl]
     self.up_blocks = nnx.List(up)
     self.conv_norm_out = layers.GroupNorm(u.num_groups, chans[0], eps=u.out_norm_eps, **kw)
-    self.conv_out = layers.Conv(chans[0], u.out_channels, (3, 3), **kw)
+    self.conv_out = layers.Conv(chans[0], u.out_channels, (3, 3), zero_init=zero_init(u), **kw)
     self.num_levels = n
 
   def embed(self, timesteps: jax.Array, y: jax.Array) -> jax.Array:
