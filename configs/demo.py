@@ -6,6 +6,8 @@ r"""`demo`: the demo model, trained from scratch on this project's procedural sc
       --config.init_checkpoint=W1                                                              # stage 2
   gcd-jax train --config configs/demo.py:stage=3 --workdir W3 --config.data.data_dir=D \
       --config.init_checkpoint=W2                                                              # stage 3
+  gcd-jax train --config configs/demo.py:stage=4 --workdir W4 --config.data.data_dir=D \
+      --config.init_checkpoint=W3                                     # stage 4 (measured, not packaged)
 
 The committed demo checkpoint (gcd_jax/assets/demo_model, used by `gcd-jax demo` and by
 `GCDPipeline.from_pretrained('demo')`) is W3's raw weights at its last step; docs/demo_model.md has the wall
@@ -28,7 +30,11 @@ Choices (docs/demo_model.md says why for each):
   stages' decay does its job);
 * sampler: the reference's (25 Euler steps, σ 700 → 0.002, guidance 1.0 → 1.5 over frames).
 
-Arguments: stage=1|2|3 (default 1), steps=N (default 1000 for stage 1, 850 for stage 2, 1600 for stage 3),
+Stage 4 grows the stage-3 network by attention at the 16×24 latent level; its new blocks start as the identity
+(init_missing + the reference's zero-initialised proj_out). It scored within noise of stage 3 (+0.04 dB held
+out), so the packaged model is stage 3's (docs/demo_model.md, "Stage 4").
+
+Arguments: stage=1|2|3|4 (default 1), steps=N (default 1000 for stage 1, 850 for stage 2, 1600 for stages 3-4),
 batch=B (default 8).
 """
 

@@ -57,3 +57,50 @@ def test_init_from_svd_checkpoint_fills_exactly_the_camera_layers(svd_checkpoint
   assert set(frozen) == {'vae', 'clip'}
   with pytest.raises(ValueError, match='init_missing'):
     _initial(tiny_config('data=synthetic,batch=8,frames=3', init_checkpoint=svd_checkpoint, init_missing=False))
+
+
+def test_fresh_unet_starts_as_the_reference_does():
+  """unet.zero_init (sgm's `zero_module`): every residual branch's last layer and conv_out start at zero, so a
+  fresh U-Net outputs exactly 0; the other layers keep PyTorch's default init."""
+  from gcd_jax.models import presets as models  # pylint: disable=g-import-not-at-top
+  cfg = models.get_config('tiny')
+  params, _, _, _ = _initial(tiny_config('data=synthetic,batch=8,frames=3'))
+  zero = [n for n, v in params.items() if not np.any(np.asarray(v))]
+  assert 'unet.conv_out.kernel' in zero
+  assert all(n.endswith(('.bias', 'conv2.kernel', 'proj_out.kernel', 'conv_out.kernel')) for n in zero), zero
+  assert any('temporal_res_block.conv2' in n for n in zero) and any('attentions' in n for n in zero)
+  assert np.std(np.asarray(params['unet.conv_in.kernel'])) > 0
+  assert cfg.unet.zero_init
+
+
+def test_growing_a_network_keeps_its_function(tmp_path):
+  """configs/demo.py stage=4 adds attention blocks to a trained U-Net: with init_missing the new blocks start
+  fresh and, their proj_out being zero, as the identity, so the grown network computes what the stored one
+  did (the stage starts from the stored model, not from a perturbed one)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from gcd_jax.convert import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from gcd_jax.models import presets as models  # pylint: disable=g-import-not-at-top
+  from tests import fixtures_models  # pylint: disable=g-import-not-at-top
+  small = models.get_config('tiny')
+  assert tuple(small.unet.attention_resolutions) == (1,)
+  path = fixtures_models.write_random_checkpoint(str(tmp_path / 'trained'), small, seed=7)
+  config = tiny_config('data=synthetic,batch=8,frames=3', init_checkpoint=path)
+  config.model.unet.attention_resolutions = (1, 2)
+  params, _, _, _ = _initial(config)
+  stored = _stored_network(path)
+  added = sorted(set(params) - set(stored))
+  assert added and all('.attentions.' in n for n in added), added
+  assert not any(n.startswith('unet.down_blocks.0.') or n.startswith('unet.up_blocks.1.') for n in added), added
+  builders, layouts = trainer.build_layouts(config)
+  grown = layouts['network'].module(jax.device_get(params))
+  old, _, _ = checkpoint_io.restore_model_checkpoint(path, shardings=None)
+  rng = np.random.default_rng(0)
+  b, t, h, w = 1, 3, 8, 8
+  x = jnp.asarray(rng.standard_normal((b * t, h, w, 8)), jnp.float32)
+  ts_ = jnp.asarray(rng.uniform(-1, 1, b * t), jnp.float32)
+  ctx = jnp.asarray(rng.standard_normal((b * t, 1, small.unet.context_dim)), jnp.float32)
+  y = jnp.asarray(rng.standard_normal((b * t, small.unet.adm_in_channels + small.unet.aux_emb_dim)), jnp.float32)
+  want = old.unet(x, ts_, ctx, y, num_frames=t)
+  got = grown.unet(x, ts_, ctx, y, num_frames=t)
+  assert float(jnp.std(want)) > 0.1
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)

@@ -74,6 +74,27 @@ def test_resolve_model_latest_ema_and_exact_weights(run):
     workdir.resolve_model(path, step=1)
 
 
+def test_a_run_started_from_another_workdir_exports(run, tmp_path):
+  """`--config.init_checkpoint=W1` (a workdir: the trainer takes its latest raw weights, as configs/demo.py's
+  stages do) leaves the new run without a frozen/ folder; exporting it takes VAE and CLIP from W1's model."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from gcd_jax.convert import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from gcd_jax.train import workdir  # pylint: disable=g-import-not-at-top
+  first = run['workdir']
+  second = str(tmp_path / 'stage2')
+  shutil.copytree(os.path.join(first, 'checkpoints'), os.path.join(second, 'checkpoints'))
+  with open(os.path.join(first, 'config.json')) as f:
+    config = json.load(f)
+  config['init_checkpoint'] = first
+  with open(os.path.join(second, 'config.json'), 'w') as f:
+    json.dump(config, f)
+  path = workdir.resolve_model(second, weights='raw', log=lambda *_: None)
+  _, vae, _ = checkpoint_io.restore_model_checkpoint(path, components=('vae',))
+  _, frozen_vae, _ = checkpoint_io.restore_model_checkpoint(os.path.join(first, 'frozen'), components=('vae',))
+  a, b = checkpoint_io._pure(vae), checkpoint_io._pure(frozen_vae)  # pylint: disable=protected-access
+  assert all(np.array_equal(x, y) for x, y in zip(jax_leaves(a), jax_leaves(b)))
+
+
 def jax_leaves(tree):
   import jax  # pylint: disable=g-import-not-at-top
   return [np.asarray(x) for x in jax.tree.leaves(tree)]

@@ -65,6 +65,10 @@ def _frozen_source(workdir: str, config) -> str:
   if os.path.isdir(trainer.frozen_dir(workdir)):
     return trainer.frozen_dir(workdir)
   if config.get('init_checkpoint'):
+    # The trainer took VAE and CLIP from there; a workdir there means its latest step's raw weights
+    # (trainer.weight_sources), exported once into ITS models/ folder.
+    if is_workdir(config.init_checkpoint):
+      return resolve_model(config.init_checkpoint, weights='raw', log=lambda *_: None)
     return config.init_checkpoint
   raise WorkdirError(f'{workdir} has no frozen/ folder and no init_checkpoint: its VAE and CLIP weights are '
                      'unknown (runs started before gcd-jax 0.2 did not save them); re-run training in a new workdir')
