@@ -137,9 +137,13 @@ def _wait(pred, timeout: float, what: str, server=None):
 
 
 def _result_src(driver) -> str:
+  from selenium.common.exceptions import StaleElementReferenceException  # pylint: disable=g-import-not-at-top
   from selenium.webdriver.common.by import By  # pylint: disable=g-import-not-at-top
   videos = driver.find_elements(By.CSS_SELECTOR, '#result video')
-  return (videos[0].get_attribute('src') or '') if videos else ''
+  try:
+    return (videos[0].get_attribute('src') or '') if videos else ''
+  except StaleElementReferenceException:  # Gradio replaced the element between the two calls: poll again
+    return ''
 
 
 def _set_slider(driver, name: str, value: int):
