@@ -93,6 +93,12 @@ def test_a_run_started_from_another_workdir_exports(run, tmp_path):
   _, frozen_vae, _ = checkpoint_io.restore_model_checkpoint(os.path.join(first, 'frozen'), components=('vae',))
   a, b = checkpoint_io._pure(vae), checkpoint_io._pure(frozen_vae)  # pylint: disable=protected-access
   assert all(np.array_equal(x, y) for x, y in zip(jax_leaves(a), jax_leaves(b)))
+  config['init_checkpoint'] = str(tmp_path / 'gone')  # the first run deleted: the error names it and the fix
+  with open(os.path.join(second, 'config.json'), 'w') as f:
+    json.dump(config, f)
+  with pytest.raises(workdir.WorkdirError, match='init_checkpoint .*gone; put that folder back'):
+    workdir.resolve_model(second, step=1, weights='raw')
+  assert not os.path.exists(os.path.join(second, 'models', 'step_00000001_raw'))
 
 
 def jax_leaves(tree):

@@ -65,6 +65,10 @@ def _frozen_source(workdir: str, config) -> str:
   if os.path.isdir(trainer.frozen_dir(workdir)):
     return trainer.frozen_dir(workdir)
   if config.get('init_checkpoint'):
+    if not os.path.isdir(config.init_checkpoint):
+      raise WorkdirError(f'{workdir} took its VAE and CLIP from init_checkpoint {config.init_checkpoint}, which is '
+                         f'gone; put that folder back or point init_checkpoint in {os.path.join(workdir, CONFIG)} '
+                         'at a copy of it')
     # The trainer took VAE and CLIP from there; a workdir there means its latest step's raw weights
     # (trainer.weight_sources), exported once into ITS models/ folder.
     if is_workdir(config.init_checkpoint):
